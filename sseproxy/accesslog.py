@@ -1,0 +1,54 @@
+"""One access-log line per request, written when it ends (streams too), text or JSON, no secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class RequestRecord:
+    """What one request did; filled in along its path through the proxy."""
+
+    method: str
+    path: str
+    started: float
+    client: str | None = None
+    route: str | None = None
+    status: int = 0
+    ttfb: float | None = None          # seconds to the upstream's response headers
+    ttfe: float | None = None          # seconds to the first whole event or line
+    total: float | None = None
+    bytes: int = 0
+    events: int = 0
+    outcome: str = "ok"                # ok | client_closed | upstream_error | timeout | refused
+    error: str | None = None
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
+
+
+class AccessLog:
+    """Writes records to the ``sseproxy.access`` logger; the log formatter decides text or JSON."""
+
+    def __init__(self, enabled: bool = True, logger: logging.Logger | None = None):
+        self.enabled = enabled
+        self.logger = logger or logging.getLogger("sseproxy.access")
+
+    def write(self, record: RequestRecord) -> None:
+        if not self.enabled or not self.logger.isEnabledFor(logging.INFO):
+            return
+        fields = asdict(record)
+        del fields["started"]
+        for key in ("ttfb", "ttfe", "total"):
+            if fields[key] is not None:
+                fields[key] = round(fields[key], 6)
+        self.logger.info(
+            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d outcome=%s%s',
+            record.client or "-", record.method, record.path, record.route or "-", record.status,
+            _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
+            record.outcome, f" error={json.dumps(record.error)}" if record.error else "",
+            extra={"fields": fields},
+        )

@@ -1,0 +1,159 @@
+"""The command line: ``serve``, ``check`` and ``demo``. The only module that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from .config import Config, dump_for_humans
+from .errors import ConfigError, Problem
+from .loader import Overrides, load
+from .logs import Redactor, setup
+from .service import ServeOptions, Service
+from .units import format_duration
+
+EXIT_USAGE = 2
+
+
+def _route_flag(value: str) -> tuple[str, str]:
+    prefix, sep, url = value.partition("=")
+    if not sep or not prefix or not url:
+        raise argparse.ArgumentTypeError(f"{value!r} is not PREFIX=URL (e.g. /api=http://127.0.0.1:3000)")
+    return prefix, url
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sseproxy", description="A reverse proxy that never breaks a stream.")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", metavar="FILE", help="YAML or TOML config file")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8080)")
+    serve.add_argument("--route", metavar="PREFIX=URL", action="append", type=_route_flag, default=[],
+                       help="add a route; flags come before the file's routes, so they win")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check", help="validate a config and print the resolved route table")
+    check.add_argument("file")
+    demo = sub.add_parser("demo", help="a mock LLM upstream with the proxy in front")
+    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
+    return p
+
+
+def _fail(problems: list[Problem]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # noqa: PLC0415 - optional: Linux only
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)
+
+
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    extra = {"access_log": args.log_format} if args.log_format else {}
+    overrides = Overrides(listen=args.listen, routes=tuple(args.route), extra=extra)
+    try:
+        config = load(args.config, overrides)
+    except ConfigError as e:
+        return _fail(e.problems)
+    if not config.routes:
+        return _fail([Problem(args.config or "command line", "routes",
+                              "no routes: give --route PREFIX=URL or a config file with routes")])
+    redactor = Redactor()
+    setup(args.log_format or ("json" if config.access_log == "json" else "text"), args.log_level, redactor)
+
+    async def main() -> None:
+        await Service(ServeOptions(args.config, overrides), config, redactor).run(_announce)
+
+    try:
+        _run(main())
+    except OSError as e:
+        print(f"sseproxy: cannot listen on {config.listen}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def route_table(config: Config) -> str:
+    """The resolved routes, one block each, secrets redacted."""
+    lines = [f"listen {config.listen}  public={str(config.public).lower()}  admin={config.admin_prefix}  "
+             f"max_body={config.max_body}  heartbeat={format_duration(config.heartbeat)}"]
+    for i, route in enumerate(config.routes):
+        host = route.host or "*"
+        methods = ",".join(route.methods) if route.methods else "*"
+        lines.append(f"[{i}] {route.label}: {host}{route.path} {methods} -> {', '.join(route.upstream)}")
+        connect = route.timeouts.connect if route.timeouts.connect is not None else config.timeouts.connect
+        idle = route.timeouts.idle if route.timeouts.idle is not None else config.timeouts.idle
+        heartbeat = route.heartbeat if route.heartbeat is not None else config.heartbeat
+        lines.append(f"    strip_prefix={str(route.strip_prefix).lower()} stream={route.stream} "
+                     f"websocket={str(route.websocket).lower()} connect={format_duration(connect)} "
+                     f"idle={format_duration(idle)} heartbeat={format_duration(heartbeat)} "
+                     f"compression={route.upstream_compression or config.upstream_compression}")
+        for label, rules in (("request_headers", route.request_headers), ("response_headers", route.response_headers)):
+            shown = {k: v for k, v in dump_for_humans(rules).items() if v}
+            if shown:
+                lines.append(f"    {label}: {json.dumps(shown)}")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.file)
+    except ConfigError as e:
+        return _fail(e.problems)
+    print(f"{args.file}: ok, {len(config.routes)} route{'s' if len(config.routes) != 1 else ''}")
+    print(route_table(config))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo  # noqa: PLC0415 - only the demo needs the mock upstream
+
+    redactor = Redactor()
+    setup("text", "warning", redactor)
+
+    async def main() -> None:
+        mock, port = await demo.start_mock()
+        try:
+            overrides = Overrides(listen=args.listen, routes=(("/", f"http://127.0.0.1:{port}"),))
+            config = load(None, overrides)
+            service = Service(ServeOptions(None, overrides), config, redactor)
+
+            def announce(line: str) -> None:
+                _announce(f"mock LLM upstream on http://127.0.0.1:{port}")
+                _announce(line)
+                _announce(demo.instructions(line.split(" ")[3]))
+
+            await service.run(announce)
+        finally:
+            await mock.cleanup()
+
+    try:
+        load(None, Overrides(listen=args.listen))
+    except ConfigError as e:
+        return _fail(e.problems)
+    try:
+        _run(main())
+    except OSError as e:
+        print(f"sseproxy: cannot listen on {args.listen}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    commands = {"serve": cmd_serve, "check": cmd_check, "demo": cmd_demo}
+    return commands[args.command](args)

@@ -1,0 +1,89 @@
+"""``sseproxy demo``: a built-in mock LLM upstream that streams an OpenAI-style chat completion
+token by token, with the proxy in front, so a new user sees streaming work in one command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+ANSWER = ("Streaming works: each token left the mock model, passed through sseproxy, and reached you "
+          "the moment it was sent, with nothing buffered, compressed or batched on the way.")
+TOKEN_DELAY = 0.06
+
+PAGE = """<!doctype html><meta charset=utf-8><title>sseproxy demo</title>
+<style>body{font:16px system-ui;max-width:42rem;margin:3rem auto}#out{white-space:pre-wrap;
+border:1px solid #ccc;padding:1rem;min-height:4rem}</style>
+<h1>sseproxy demo</h1><p>Tokens stream from a mock LLM through sseproxy with <code>fetch()</code>:</p>
+<button id=go>Ask</button><div id=out></div>
+<script>
+document.getElementById('go').onclick = async () => {
+  const out = document.getElementById('out'); out.textContent = '';
+  const r = await fetch('/v1/chat/completions', {method: 'POST', headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({model: 'demo', stream: true, messages: [{role: 'user', content: 'Hello'}]})});
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader(); let buf = '';
+  for (;;) { const {value, done} = await reader.read(); if (done) break; buf += value;
+    let i; while ((i = buf.indexOf('\\n\\n')) >= 0) { const ev = buf.slice(0, i); buf = buf.slice(i + 2);
+      const data = ev.replace(/^data: /, ''); if (data === '[DONE]') return;
+      out.textContent += JSON.parse(data).choices[0].delta.content || ''; } }
+};
+</script>"""
+
+
+def tokens(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def chunk(content: str | None, finish: str | None = None) -> bytes:
+    delta = {"content": content} if content is not None else {}
+    body = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": "sseproxy-demo", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await request.json()
+    except ValueError:
+        return web.json_response({"error": {"message": "body must be JSON"}}, status=400)
+    if not body.get("stream"):
+        return web.json_response({"id": "chatcmpl-demo", "object": "chat.completion", "model": "sseproxy-demo",
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
+                                               "finish_reason": "stop"}]})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for token in tokens(ANSWER):
+        await response.write(chunk(token))
+        await asyncio.sleep(TOKEN_DELAY)
+    await response.write(chunk(None, "stop"))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def page(request: web.Request) -> web.Response:
+    return web.Response(text=PAGE, content_type="text/html")
+
+
+def mock_llm_app() -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/", page)
+    return app
+
+
+async def start_mock(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(mock_llm_app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+def instructions(proxy_url: str) -> str:
+    payload = '{"model": "demo", "stream": true, "messages": [{"role": "user", "content": "Hello"}]}'
+    return (f"Try it:\n  curl -N {proxy_url}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-d '{payload}'\n  or open {proxy_url}/ in a browser. Ctrl-C stops.")

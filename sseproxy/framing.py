@@ -1,0 +1,131 @@
+"""Sans-io framers: fed bytes as they arrive, they return only whole frames.
+
+``stream_kind()`` is the one decision of whether a response streams. An event stream is cut after
+the blank line that ends an event (LF, CRLF or CR line endings, mixed too); a line-delimited stream
+after each line. A partial tail waits for its end; one frame over ``max_frame`` is let through as it
+comes, so memory per stream stays bounded.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+MAX_FRAME = 1024 * 1024  # bounds the bytes held per stream while a frame is incomplete
+
+# The last "line terminator followed by a line terminator" in the buffer. A CR directly followed
+# by LF is one terminator (CRLF), never two, hence the look-ahead. Greedy ``.*`` makes the regex
+# engine scan from the end, so a chunk that ends on a boundary costs almost nothing.
+_LAST_SSE_BOUNDARY = re.compile(rb"(?s:.*)(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
+_SSE_BOUNDARY = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
+_CONTEXT = 3  # a boundary is at most 4 bytes: keep 3 already-scanned bytes to find one split by a read
+
+
+class StreamKind(enum.Enum):
+    NONE = "none"      # not streamed: relayed as it arrives, headers and bytes untouched
+    RAW = "raw"        # streamed (stream: always) without framing: each piece as it arrives
+    SSE = "sse"        # text/event-stream: whole events
+    LINES = "lines"    # NDJSON / JSON Lines: whole lines
+
+
+STREAM_TYPES = {
+    "text/event-stream": StreamKind.SSE,
+    "application/x-ndjson": StreamKind.LINES,
+    "application/jsonl": StreamKind.LINES,
+    "application/json-seq": StreamKind.LINES,
+    "application/stream+json": StreamKind.LINES,
+}
+
+
+def stream_kind(content_type: str | None, mode: str) -> StreamKind:
+    """Whether and how a response streams, from its Content-Type and the route's ``stream`` mode."""
+    if mode == "never":
+        return StreamKind.NONE
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    kind = STREAM_TYPES.get(mime)
+    if kind is not None:
+        return kind
+    return StreamKind.RAW if mode == "always" else StreamKind.NONE
+
+
+def accepts_stream(accept: str | None) -> bool:
+    """True where the request's Accept names a stream type (EventSource sends text/event-stream)."""
+    return any(p.split(";", 1)[0].strip().lower() in STREAM_TYPES for p in (accept or "").split(","))
+
+
+class Framer:
+    """Base framer: holds the incomplete tail. ``mid_frame`` is true while an oversized frame is
+    being let through, the one time the client is not between whole frames."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.max_frame = max_frame
+        self.mid_frame = False
+        self.frames = 0
+        self._buf = bytearray()
+
+    def _boundary_end(self, data: bytes | bytearray, start: int) -> int:
+        """End of the last frame boundary in ``data`` at or after ``start``, or -1."""
+        raise NotImplementedError
+
+    def _count(self, data: bytes | bytearray) -> int:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> bytes:
+        """Whole frames completed by ``data`` (b"" if none), in one piece to write."""
+        if not self._buf:
+            end = self._boundary_end(data, 0)
+            if end == len(data):
+                self._complete(data)
+                return data
+            self._buf += data
+        else:
+            scan_from = max(0, len(self._buf) - _CONTEXT)
+            self._buf += data
+            end = self._boundary_end(self._buf, scan_from)
+        if end >= 0:
+            out = bytes(self._buf[:end])
+            del self._buf[:end]
+            self._complete(out)
+            return out
+        if len(self._buf) > self.max_frame:
+            out = bytes(self._buf[:-_CONTEXT])
+            del self._buf[:-_CONTEXT]
+            self.mid_frame = True
+            return out
+        return b""
+
+    def _complete(self, out: bytes | bytearray) -> None:
+        self.mid_frame = False
+        self.frames += self._count(out)
+
+    def flush(self) -> bytes:
+        """Whatever is left when the stream ends (an incomplete last frame, passed on as it is)."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+
+class SseFramer(Framer):
+    def _boundary_end(self, data: bytes | bytearray, start: int) -> int:
+        m = _LAST_SSE_BOUNDARY.match(data, start)
+        return m.end() if m else -1
+
+    def _count(self, data: bytes | bytearray) -> int:
+        return len(_SSE_BOUNDARY.findall(data))
+
+
+class LineFramer(Framer):
+    def _boundary_end(self, data: bytes | bytearray, start: int) -> int:
+        end = max(data.rfind(b"\n", start), data.rfind(b"\r", start))
+        return end + 1 if end >= 0 else -1
+
+    def _count(self, data: bytes | bytearray) -> int:
+        return data.count(b"\n") or data.count(b"\r")
+
+
+def framer_for(kind: StreamKind) -> Framer | None:
+    if kind is StreamKind.SSE:
+        return SseFramer()
+    if kind is StreamKind.LINES:
+        return LineFramer()
+    return None

@@ -1,0 +1,135 @@
+"""Header policy in one ordered place: hop-by-hop removal, then ``remove``, then ``set``/``add``.
+
+Pure functions over ``CIMultiDict``: the inbound request and upstream response are never mutated,
+new header sets are built from them, so no client header can strip or override an injected one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+DECODABLE = ("gzip", "x-gzip", "deflate", "identity")
+
+
+@dataclass(frozen=True, repr=False)
+class Rules:
+    """Compiled header rules; values may be secrets, so the repr never shows them."""
+
+    remove: tuple[str, ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Rules(remove={list(self.remove)}, set={[k for k, _ in self.set]}, add={[k for k, _ in self.add]})"
+
+    def secret_values(self) -> list[str]:
+        return [v for _, v in (*self.set, *self.add) if v]
+
+
+def connection_tokens(headers: Headers) -> set[str]:
+    return {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip()}
+
+
+def without_hop_by_hop(headers: Headers, keep: Iterable[str] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers or any header that ``Connection`` names (``keep`` excepted)."""
+    drop = (HOP_BY_HOP | connection_tokens(headers)) - {k.lower() for k in keep}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def apply_rules(headers: CIMultiDict[str], rules: Rules) -> None:
+    for name in rules.remove:
+        headers.popall(name, None)
+    for name, value in rules.set:
+        headers[name] = value
+    for name, value in rules.add:
+        headers.add(name, value)
+
+
+def add_forwarded(headers: CIMultiDict[str], client_ip: str | None, proto: str, host: str | None) -> None:
+    """``X-Forwarded-For`` appended to what came in; ``-Proto`` and ``-Host`` describe this hop."""
+    if client_ip:
+        prior = ", ".join(headers.getall("X-Forwarded-For", ()))
+        headers["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    headers["X-Forwarded-Proto"] = proto
+    if host:
+        headers["X-Forwarded-Host"] = host
+
+
+def decodable_accept_encoding(value: str) -> str:
+    """The client's Accept-Encoding narrowed to codings the proxy can decode mid-stream."""
+    kept = [p.strip() for p in value.split(",") if p.split(";")[0].strip().lower() in DECODABLE]
+    return ", ".join(kept) if kept else "identity"
+
+
+def is_local_host(host: str) -> bool:
+    """Loopback or private addresses, ``localhost``, ``*.localhost`` and dotless names (containers)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost") or "." not in host and ":" not in host:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def merge_cache_control(value: str | None) -> str:
+    tokens = [t.strip() for t in (value or "").split(",") if t.strip()]
+    present = {t.split("=")[0].lower() for t in tokens}
+    tokens = [t for t in tokens if not t.lower().startswith(("max-age", "s-maxage", "public"))]
+    tokens += [t for t in ("no-cache", "no-transform") if t not in present]
+    return ", ".join(tokens)
+
+
+def stream_response_headers(headers: CIMultiDict[str], decoded: bool) -> None:
+    """What every streamed response carries: no length, no transform, no buffering by an nginx in front."""
+    headers.popall("Content-Length", None)
+    if decoded:
+        headers.popall("Content-Encoding", None)
+    headers["Cache-Control"] = merge_cache_control(headers.get("Cache-Control"))
+    headers["X-Accel-Buffering"] = "no"
+
+
+def upstream_accept_encoding(mode: str, client_value: str | None, *, prefer_identity: bool) -> str | None:
+    """What to ask the upstream for, so that no dev server gzips and holds back a stream.
+
+    With ``auto``: ``identity`` where ``prefer_identity`` (a local upstream, a client asking for a
+    stream type, a route that always streams); else the client's value, narrowed to codings the
+    proxy can decode mid-stream.
+    """
+    if mode == "pass":
+        return client_value
+    if mode == "identity" or prefer_identity:
+        return "identity"
+    return decodable_accept_encoding(client_value) if client_value is not None else None
+
+
+def outbound_request_headers(inbound: Headers, rules: Rules, *, accept_encoding: str | None,
+                             client_ip: str | None, proto: str, host: str | None, forwarded: bool,
+                             preserve_host: bool, token_header: str | None) -> CIMultiDict[str]:
+    """The headers sent upstream: hop-by-hop removal, then ``remove``, then ``set``/``add``."""
+    out = without_hop_by_hop(inbound)
+    for name in ("Host", "Expect", "Content-Length" if "chunked" in inbound.get("Transfer-Encoding", "") else ""):
+        if name:
+            out.popall(name, None)
+    if token_header is not None:
+        out.popall(token_header, None)
+    out.popall("Accept-Encoding", None)
+    if accept_encoding is not None:
+        out["Accept-Encoding"] = accept_encoding
+    if forwarded:
+        add_forwarded(out, client_ip, proto, host)
+    if preserve_host and host:
+        out["Host"] = host
+    apply_rules(out, rules)
+    return out

@@ -1,0 +1,125 @@
+"""A config compiled once into the objects a request uses, and the live state a reload swaps.
+
+A ``Snapshot`` is immutable: each request takes the current one when it starts and keeps it, so
+a reload applies to new requests while streams in flight carry on with the routes they started on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from yarl import URL
+
+from .config import Config, Cors, HeaderRules, RequestHeaderRules, Route, is_loopback_host
+from .headers import Rules, is_local_host
+from .routing import RoundRobin, join_path
+from .upstream import Pools, Timeouts
+
+
+@dataclass(frozen=True, eq=False)
+class RouteRuntime:
+    """One route, ready to serve: defaults resolved, secrets unwrapped, upstream URLs parsed."""
+
+    label: str
+    prefix: str
+    host: str | None
+    methods: frozenset[str] | None
+    upstreams: RoundRobin
+    strip_prefix: bool
+    preserve_host: bool
+    forwarded: bool
+    websocket: bool
+    stream: str
+    request_rules: Rules
+    response_rules: Rules
+    timeouts: Timeouts
+    heartbeat: float
+    cors: Cors | None
+    compression: str
+    local_upstream: bool  # any upstream on loopback, a private address or a dotless name
+
+    def upstream_path(self, base: URL, path: str) -> str:
+        return join_path(base.raw_path if base.raw_path != "/" else "", self.prefix, path, self.strip_prefix)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: Config
+    routes: list[RouteRuntime]
+    allowed_hosts: frozenset[str]      # exact hosts (lower case, without port); "*" allows any
+    tokens: tuple[bytes, ...]          # inbound tokens, compared in constant time
+    secrets: tuple[str, ...]           # every injected value and token: never to be shown
+
+    def host_allowed(self, host: str) -> bool:
+        if "*" in self.allowed_hosts or host in self.allowed_hosts:
+            return True
+        return "*.localhost" in self.allowed_hosts and host.endswith(".localhost")
+
+
+def _request_rules(rules: RequestHeaderRules) -> Rules:
+    return Rules(remove=tuple(rules.remove),
+                 set=tuple((k, v.get_secret_value()) for k, v in rules.set.items()),
+                 add=tuple((k, v.get_secret_value()) for k, v in rules.add.items()))
+
+
+def _response_rules(rules: HeaderRules) -> Rules:
+    return Rules(remove=tuple(rules.remove), set=tuple(rules.set.items()), add=tuple(rules.add.items()))
+
+
+def _compile_route(route: Route, config: Config) -> RouteRuntime:
+    cors = route.cors if route.cors is not None else config.cors
+    return RouteRuntime(
+        label=route.label,
+        prefix=route.path,
+        host=route.host,
+        methods=frozenset(route.methods) if route.methods is not None else None,
+        upstreams=RoundRobin(tuple(URL(u) for u in route.upstream)),
+        strip_prefix=route.strip_prefix,
+        preserve_host=route.preserve_host,
+        forwarded=route.forwarded,
+        websocket=route.websocket,
+        stream=route.stream,
+        request_rules=_request_rules(route.request_headers),
+        response_rules=_response_rules(route.response_headers),
+        timeouts=Timeouts(
+            connect=route.timeouts.connect if route.timeouts.connect is not None else config.timeouts.connect,
+            idle=route.timeouts.idle if route.timeouts.idle is not None else config.timeouts.idle,
+        ),
+        heartbeat=route.heartbeat if route.heartbeat is not None else config.heartbeat,
+        cors=cors if cors is not None and cors.enabled else None,
+        compression=route.upstream_compression or config.upstream_compression,
+        local_upstream=any(is_local_host(urlsplit(u).hostname or "") for u in route.upstream),
+    )
+
+
+def _allowed_hosts(config: Config) -> frozenset[str]:
+    if config.allowed_hosts:
+        return frozenset(config.allowed_hosts)
+    host, _ = config.listen_address
+    if not is_loopback_host(host):
+        return frozenset({"*"})
+    route_hosts = {r.host for r in config.routes if r.host}
+    return frozenset({"localhost", "127.0.0.1", "[::1]", "*.localhost", *route_hosts})
+
+
+def compile_config(config: Config) -> Snapshot:
+    routes = [_compile_route(r, config) for r in config.routes]
+    tokens = tuple(t.get_secret_value() for t in config.inbound_auth.tokens) if config.inbound_auth else ()
+    secrets = {s for r in routes for s in r.request_rules.secret_values()} | set(tokens)
+    return Snapshot(
+        config=config,
+        routes=routes,
+        allowed_hosts=_allowed_hosts(config),
+        tokens=tuple(t.encode() for t in tokens),
+        secrets=tuple(sorted(secrets, key=len, reverse=True)),
+    )
+
+
+@dataclass
+class Runtime:
+    """What lives as long as the server: the current snapshot and the upstream pools."""
+
+    snapshot: Snapshot
+    pools: Pools = field(default_factory=Pools)
+    tap: bool = False

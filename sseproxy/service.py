@@ -1,0 +1,72 @@
+"""A running ``sseproxy serve``: start the listener, reload on SIGHUP, stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .accesslog import AccessLog
+from .config import Config
+from .errors import ConfigError
+from .loader import Overrides, load
+from .logs import Redactor
+from .runtime import Runtime, compile_config
+from .server import Listener
+
+log = logging.getLogger("sseproxy")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config_path: str | None
+    overrides: Overrides
+
+
+def ready_line(host: str, port: int, routes: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"sseproxy listening on http://{shown}:{port} with {routes} route{'s' if routes != 1 else ''}"
+
+
+class Service:
+    def __init__(self, options: ServeOptions, config: Config, redactor: Redactor):
+        self.options = options
+        self.redactor = redactor
+        snapshot = compile_config(config)
+        redactor.secrets = snapshot.secrets
+        self.runtime = Runtime(snapshot)
+        self.listener = Listener(self.runtime, AccessLog(enabled=config.access_log != "off"))
+        self._stop = asyncio.Event()
+
+    def reload(self) -> bool:
+        """Apply a valid new config to new requests; keep the old one when the new one is invalid."""
+        try:
+            config = load(self.options.config_path, self.options.overrides)
+        except ConfigError as e:
+            log.error("reload failed, keeping the old config:\n%s", e)
+            return False
+        snapshot = compile_config(config)
+        self.redactor.secrets = tuple({*self.redactor.secrets, *snapshot.secrets})
+        self.runtime.snapshot = snapshot
+        log.info("config reloaded: %d routes", len(snapshot.routes))
+        return True
+
+    async def run(self, announce: Callable[[str], None]) -> None:
+        config = self.runtime.snapshot.config
+        host, port = config.listen_address
+        bound = await self.listener.start(host, port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        announce(ready_line(bound[0], bound[1], len(self.runtime.snapshot.routes)))
+        try:
+            await self._stop.wait()
+            log.info("stopping: letting requests in flight finish for up to %gs",
+                     self.runtime.snapshot.config.shutdown_grace)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.listener.stop()

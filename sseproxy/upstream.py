@@ -1,0 +1,121 @@
+"""Connections to upstreams: one pooled ``ClientSession`` per upstream origin, round robin with the
+next upstream tried on connect failure only, and the one place that maps aiohttp client
+exceptions to ``ProxyError``.
+
+The sessions are made for streaming: no total timeout (it would cut long streams), no pool cap
+(stream 101 must not wait), no decompression (non-streamed bodies pass byte for byte), no
+redirects followed (injected keys must not travel to another host), no cookie jar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterable, Callable, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from .errors import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamIdle,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .routing import RoundRobin
+
+# Headers aiohttp would add on its own; the proxy forwards exactly what the client sent instead.
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    idle: float
+
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        connect = self.connect or None
+        return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect,
+                                     sock_read=self.idle or None)
+
+
+class Pools:
+    """One ``ClientSession`` (connection pool) per upstream origin, made on first use."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str, int | None], aiohttp.ClientSession] = {}
+
+    def session(self, url: URL) -> aiohttp.ClientSession:
+        key = (url.scheme, url.raw_host or "", url.explicit_port)
+        session = self._sessions.get(key)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=10)
+            session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=_SKIP_AUTO_HEADERS,
+                requote_redirect_url=False,
+            )
+            self._sessions[key] = session
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+def upstream_url(base: URL, path: str, query: str) -> URL:
+    """``base``'s scheme and authority with ``path`` and ``query``, kept exactly as encoded."""
+    text = f"{base.scheme}://{base.raw_authority}{path}"
+    return URL(f"{text}?{query}" if query else text, encoded=True)
+
+
+@contextlib.contextmanager
+def mapped_errors(url: URL, timeouts: Timeouts) -> Iterator[None]:
+    """Translate aiohttp client exceptions raised before the response headers into ``ProxyError``."""
+    where = f"{url.scheme}://{url.raw_host}:{url.port}"  # never the userinfo
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError:
+        raise UpstreamConnectTimeout(f"connecting to {where} took over {timeouts.connect:g}s") from None
+    except (aiohttp.SocketTimeoutError, TimeoutError):
+        raise UpstreamTimeout(f"{where} sent no response headers within {timeouts.idle:g}s") from None
+    except aiohttp.ClientSSLError as e:
+        raise UpstreamConnectError(f"TLS failure toward {where}: {e.__class__.__name__}") from None
+    except aiohttp.ClientConnectorDNSError:
+        raise UpstreamConnectError(f"DNS lookup failed for {where}") from None
+    except aiohttp.ClientConnectorError as e:
+        raise UpstreamConnectError(f"cannot connect to {where}: {e.strerror or e.os_error}") from None
+    except aiohttp.ClientError as e:
+        raise UpstreamUnavailable(f"{where} failed before responding: {e.__class__.__name__}") from None
+
+
+async def send(pools: Pools, upstreams: RoundRobin, path_for: Callable[[URL], str], *, method: str,
+               query: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None,
+               timeouts: Timeouts) -> aiohttp.ClientResponse:
+    """Send to the route's next upstream, trying the others only while the connection fails."""
+    last: UpstreamConnectError | UpstreamConnectTimeout | None = None
+    for base in upstreams.order():
+        url = upstream_url(base, path_for(base), query)
+        try:
+            with mapped_errors(url, timeouts):
+                return await pools.session(base).request(
+                    method, url, headers=headers, data=body, allow_redirects=False,
+                    timeout=timeouts.client_timeout(), compress=None, chunked=None,
+                )
+        except (UpstreamConnectError, UpstreamConnectTimeout) as error:
+            last = error
+    assert last is not None
+    raise last
+
+
+def mid_stream_error(exc: BaseException, idle: float) -> UpstreamError:
+    """What to tell the client when the upstream fails after its response started."""
+    if isinstance(exc, aiohttp.SocketTimeoutError | TimeoutError):
+        return UpstreamIdle(f"upstream sent nothing for {idle:g}s")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError("upstream response was cut off or badly framed")
+    return UpstreamError(f"upstream connection failed: {exc.__class__.__name__}")
