@@ -33,7 +33,7 @@ from .headers import (
 from .routing import check_target, find_route, host_without_port
 from .runtime import RouteRuntime, Runtime, Snapshot
 from .streaming import ClientClosed, Relay, error_frame
-from .upstream import send
+from .upstream import fail_body_when_connection_drops, send
 
 log = logging.getLogger("sseproxy")
 
@@ -148,6 +148,7 @@ class ProxyHandler:
             upstream.close()
             raise limit.error()
         record.ttfb = asyncio.get_running_loop().time() - record.started
+        fail_body_when_connection_drops(upstream)
         try:
             response = await self._relay(request, route, upstream, record)
         finally:

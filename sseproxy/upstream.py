@@ -9,6 +9,7 @@ redirects followed (injected keys must not travel to another host), no cookie ja
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass
@@ -119,3 +120,23 @@ def mid_stream_error(exc: BaseException, idle: float) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamError("upstream response was cut off or badly framed")
     return UpstreamError(f"upstream connection failed: {exc.__class__.__name__}")
+
+
+def fail_body_when_connection_drops(response: aiohttp.ClientResponse) -> None:
+    """Make a body read fail if the upstream connection is lost before the body ended.
+
+    aiohttp closes the connection on a malformed chunk but leaves the body reader waiting for
+    ever (and drops the read timeout); this ends that wait with ``ClientPayloadError``.
+    """
+    protocol = response.connection.protocol if response.connection is not None else None
+    closed = protocol.closed if protocol is not None else None
+    content = response.content
+
+    def on_closed(future: asyncio.Future[None]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: the body reader reports the failure instead
+        if not content.is_eof() and content.exception() is None:
+            content.set_exception(aiohttp.ClientPayloadError("upstream connection lost mid-body"))
+
+    if closed is not None:
+        closed.add_done_callback(on_closed)

@@ -1,0 +1,183 @@
+"""Streaming through a running proxy, proven with gates: the upstream's next event is held until
+the client has the previous one, and each chunk the proxy writes is exactly one whole frame."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+import pytest
+from helpers import WAIT, Gate, raw_request, running_app, running_proxy
+from upstreams import CONTENT_TYPES, ENDINGS, frames_for, gated_stream_app
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@pytest.mark.parametrize("kind", list(CONTENT_TYPES))
+async def test_each_frame_arrives_whole_before_the_next_is_sent(kind: str, encoding: str, ending: str) -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, CONTENT_TYPES[kind], encoding)
+    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/stream", {"Accept-Encoding": "gzip, br"})
+        assert resp.status == 200
+        assert resp.chunked
+        assert "content-encoding" not in resp.headers  # decoded as it arrived, never compressed to the client
+        assert "content-length" not in resp.headers
+        assert "no-cache" in resp.headers["cache-control"] and "no-transform" in resp.headers["cache-control"]
+        assert resp.headers["x-accel-buffering"] == "no"
+        for frame in frames_for(kind, ending):
+            gate.release(frame[:7])  # half a frame: the proxy must hold it ...
+            gate.release(frame[7:])  # ... until its end arrives, then write it whole
+            assert await resp.next_chunk() == frame
+        gate.release(None)
+        assert await resp.next_chunk() is None  # the upstream ended cleanly, so does the client's stream
+        resp.close()
+
+
+async def test_stream_always_relays_each_piece_of_any_content_type() -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, "text/plain")
+    config = {"routes": [{"upstream": "", "stream": "always"}]}
+    async with running_app(app) as upstream:
+        config["routes"][0]["upstream"] = upstream
+        async with running_proxy(config) as (proxy, _):
+            resp = await raw_request(proxy, "GET", "/", {})
+            assert resp.headers["x-accel-buffering"] == "no"
+            for piece in (b"no ", b"framing ", b"here"):
+                gate.release(piece)
+                assert await resp.next_chunk() == piece
+            gate.release(None)
+            assert await resp.next_chunk() is None
+
+
+async def test_many_events_in_one_read_go_out_in_one_write_and_the_partial_tail_waits() -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, "text/event-stream")
+    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {})
+        gate.release(b"data: a\n\ndata: b\n\ndata: hel")
+        assert await resp.next_chunk() == b"data: a\n\ndata: b\n\n"
+        gate.release(b"lo\n\n")
+        assert await resp.next_chunk() == b"data: hello\n\n"
+        gate.release(None)
+        assert await resp.next_chunk() is None
+
+
+async def test_local_upstreams_are_asked_for_identity_and_pass_mode_forwards_the_client_value() -> None:
+    gate = Gate()
+    seen: list[dict[str, str]] = []
+    app = gated_stream_app(gate, "text/event-stream", seen=seen)
+    async with running_app(app) as upstream:
+        routes = [{"path": "/auto", "upstream": upstream},
+                  {"path": "/pass", "upstream": upstream, "upstream_compression": "pass"}]
+        async with running_proxy({"routes": routes}) as (proxy, _):
+            for path in ("/auto", "/pass"):
+                resp = await raw_request(proxy, "GET", path, {"Accept-Encoding": "gzip, br"})
+                gate.release(None)
+                assert await resp.next_chunk() is None
+    assert seen[0]["Accept-Encoding"] == "identity"
+    assert seen[1]["Accept-Encoding"] == "gzip, br"
+
+
+async def test_heartbeat_during_silence_only_between_whole_events() -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, "text/event-stream")
+    async with running_app(app) as upstream:
+        config = {"routes": [{"upstream": upstream, "heartbeat": "100ms"}]}
+        async with running_proxy(config) as (proxy, _):
+            resp = await raw_request(proxy, "GET", "/", {})
+            gate.release(b"data: one\n\n")
+            assert await resp.next_chunk() == b"data: one\n\n"
+            assert await resp.next_chunk() == b": keep-alive\n\n"  # silence: a comment keeps the stream alive
+            gate.release(b"data: tw")  # half an event: the client is still between events ...
+            assert await resp.next_chunk() == b": keep-alive\n\n"  # ... so heartbeats go on, never inside it
+            gate.release(b"o\n\n")
+            chunk = await resp.next_chunk()
+            while chunk == b": keep-alive\n\n":
+                chunk = await resp.next_chunk()
+            assert chunk == b"data: two\n\n"
+            gate.release(None)
+            while (chunk := await resp.next_chunk()) is not None:
+                assert chunk == b": keep-alive\n\n"
+
+
+async def test_ndjson_streams_get_no_heartbeat() -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, "application/x-ndjson")
+    async with running_app(app) as upstream:
+        config = {"routes": [{"upstream": upstream, "heartbeat": "50ms"}]}
+        async with running_proxy(config) as (proxy, _):
+            resp = await raw_request(proxy, "GET", "/", {})
+            with pytest.raises(asyncio.TimeoutError):
+                await resp.next_chunk(timeout=0.3)  # a blank line would break NDJSON readers
+            gate.release(b'{"a": 1}\n')
+            assert await resp.next_chunk() == b'{"a": 1}\n'
+            gate.release(None)
+            assert await resp.next_chunk() is None
+
+
+async def test_an_oversized_frame_is_forwarded_as_it_comes() -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, "text/event-stream")
+    big = b"data: " + b"x" * (1024 * 1024 + 10)
+    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {})
+        gate.release(big)  # over 1 MiB without an end: let through rather than held without bound
+        received = b""
+        while len(received) < len(big) - 3:
+            received += await resp.next_chunk()
+        gate.release(b"\n\ndata: next\n\n")
+        while not received.endswith(b"data: next\n\n"):
+            received += await resp.next_chunk()
+        assert received == big + b"\n\ndata: next\n\n"
+        gate.release(None)
+        assert await resp.next_chunk() is None
+
+
+async def test_101_concurrent_streams_all_flow() -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, "text/event-stream")
+    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+        responses = await asyncio.gather(*(raw_request(proxy, "GET", f"/{i}", {}) for i in range(101)))
+        for _ in responses:
+            gate.release(b"data: hi\n\n")
+        chunks = await asyncio.gather(*(r.next_chunk() for r in responses))
+        assert chunks == [b"data: hi\n\n"] * 101  # no pool cap made the 101st wait
+        for r in responses:
+            r.close()
+
+
+async def test_gzip_non_stream_passes_byte_for_byte() -> None:
+    from aiohttp import web
+
+    body = zlib.compress(b"{}" * 1000)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Encoding": "deflate", "Content-Type": "application/json"})
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {"Accept-Encoding": "deflate"})
+        assert resp.headers["content-encoding"] == "deflate"
+        assert resp.headers["content-length"] == str(len(body))
+        assert await resp.body() == body
+
+
+async def test_idle_timer_restarts_with_every_byte_so_long_streams_are_never_cut() -> None:
+    gate = Gate()
+    app = gated_stream_app(gate, "text/event-stream")
+    async with running_app(app) as upstream:
+        config = {"routes": [{"upstream": upstream, "timeouts": {"idle": "400ms"}, "heartbeat": 0}]}
+        async with running_proxy(config) as (proxy, _):
+            resp = await raw_request(proxy, "GET", "/", {})
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            i = 0
+            while loop.time() - started < 1.2 and i < 100:  # three idle periods in all, never one of silence
+                gate.release(f"data: {i}\n\n".encode())
+                assert await resp.next_chunk() == f"data: {i}\n\n".encode()
+                await asyncio.sleep(0.1)
+                i += 1
+            gate.release(None)
+            assert await resp.next_chunk(WAIT) is None

@@ -1,0 +1,67 @@
+"""Small real upstreams for the tests: gated event streams, echo, and fixed responses."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from aiohttp import web
+from helpers import Gate
+
+ENDINGS = {"LF": "\n", "CRLF": "\r\n", "CR": "\r"}
+CONTENT_TYPES = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
+
+
+def frames_for(kind: str, ending: str, count: int = 3) -> list[bytes]:
+    eol = ENDINGS[ending]
+    if kind == "sse":
+        return [f"id: {i}{eol}data: token {i}{eol}{eol}".encode() for i in range(count)]
+    return [(json.dumps({"i": i, "token": f"t{i}"}) + eol).encode() for i in range(count)]
+
+
+def gated_stream_app(gate: Gate, content_type: str, encoding: str = "identity",
+                     seen: list[dict[str, str]] | None = None) -> web.Application:
+    """Writes whatever the test releases through ``gate``, one write each, until it releases None."""
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        if seen is not None:
+            seen.append(dict(request.headers))
+        headers = {"Content-Type": content_type}
+        compressor = None
+        if encoding == "gzip":
+            headers["Content-Encoding"] = "gzip"
+            compressor = zlib.compressobj(wbits=31)
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        while (data := await gate.next()) is not None:
+            if compressor is not None:
+                data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            await response.write(data)
+        if compressor is not None:
+            await response.write(compressor.flush())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", stream)
+    return app
+
+
+def echo_app(seen: list[dict[str, Any]] | None = None) -> web.Application:
+    """Answers with JSON describing the request it got: method, path, query, headers, body size."""
+
+    async def echo(request: web.Request) -> web.Response:
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        info = {"method": request.method, "path": request.raw_path.partition("?")[0],
+                "query": request.query_string, "headers": dict(request.headers), "body_size": size,
+                "host": request.headers.get("Host")}
+        if seen is not None:
+            seen.append(info)
+        return web.json_response(info, headers={"X-Upstream": "echo"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
