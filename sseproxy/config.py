@@ -36,8 +36,9 @@ def _check_upstream_url(value: object) -> str:
     return value
 
 
-def _as_list(value: object) -> object:
-    return [value] if isinstance(value, str) else value
+def _as_upstream_list(value: object) -> object:
+    """One URL or a list; a single URL is checked here so that its error names ``upstream`` itself."""
+    return [_check_upstream_url(value)] if isinstance(value, str) else value
 
 
 UpstreamUrl = Annotated[str, BeforeValidator(_check_upstream_url)]
@@ -142,7 +143,7 @@ class Route(Model):
     path: str = "/"
     host: str | None = None
     methods: list[str] | None = None
-    upstream: Annotated[list[UpstreamUrl], BeforeValidator(_as_list), Field(min_length=1)]
+    upstream: Annotated[list[UpstreamUrl], BeforeValidator(_as_upstream_list), Field(min_length=1)]
     strip_prefix: bool = True
     preserve_host: bool = False
     forwarded: bool = True

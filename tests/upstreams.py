@@ -56,7 +56,7 @@ def echo_app(seen: list[dict[str, Any]] | None = None) -> web.Application:
         async for chunk in request.content.iter_any():
             size += len(chunk)
         info = {"method": request.method, "path": request.raw_path.partition("?")[0],
-                "query": request.query_string, "headers": dict(request.headers), "body_size": size,
+                "query": request.raw_path.partition("?")[2], "headers": dict(request.headers), "body_size": size,
                 "host": request.headers.get("Host")}
         if seen is not None:
             seen.append(info)
