@@ -51,7 +51,7 @@ def _fail(problems: list[Problem]) -> int:
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
     try:
-        import uvloop  # noqa: PLC0415 - optional: Linux only
+        import uvloop
     except ImportError:
         asyncio.run(coro)
     else:
@@ -120,7 +120,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo  # noqa: PLC0415 - only the demo needs the mock upstream
+    from . import demo
 
     redactor = Redactor()
     setup("text", "warning", redactor)

@@ -11,7 +11,15 @@ import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from .units import parse_duration, parse_size
 
@@ -219,7 +227,7 @@ class Config(Model):
 
     @model_validator(mode="after")
     def _not_an_open_relay(self) -> Config:
-        host, port = self.listen_address
+        host, _port = self.listen_address
         injecting = [r.label for r in self.routes if r.injects_headers()]
         if not is_loopback_host(host) and injecting and self.inbound_auth is None and not self.public:
             raise ValueError(

@@ -74,7 +74,7 @@ def decodable_accept_encoding(value: str) -> str:
 def is_local_host(host: str) -> bool:
     """Loopback or private addresses, ``localhost``, ``*.localhost`` and dotless names (containers)."""
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost") or "." not in host and ":" not in host:
+    if host == "localhost" or host.endswith(".localhost") or ("." not in host and ":" not in host):
         return True
     try:
         address = ipaddress.ip_address(host)

@@ -9,6 +9,7 @@ truncated close → one access-log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -201,10 +202,8 @@ class ProxyHandler:
         """Tell an event stream why it ends, then close without the final chunk: a truncated
         transfer, so no client mistakes a cut-off answer for a complete one."""
         if kind is StreamKind.SSE and relay.between_frames:
-            try:
+            with contextlib.suppress(ClientClosed):
                 await relay.write(error_frame(error.type, error.message))
-            except ClientClosed:
-                pass
         if request.transport is not None:
             request.transport.close()
 

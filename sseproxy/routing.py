@@ -86,10 +86,14 @@ class RoundRobin:
 class Matchable(Protocol):
     """What the router needs of a route; ``runtime.RouteRuntime`` has it."""
 
-    prefix: str
-    host: str | None
-    methods: frozenset[str] | None
-    label: str
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def methods(self) -> frozenset[str] | None: ...
+    @property
+    def label(self) -> str: ...
 
 
 def host_without_port(host_header: str | None) -> str:

@@ -57,7 +57,7 @@ async def test_host_and_method_matching() -> None:
 async def test_request_headers_hop_by_hop_then_remove_then_set_add_and_forwarded() -> None:
     routes = [{"path": "/", "request_headers": {
         "set": {"Authorization": "Bearer injected"}, "add": {"X-Added": "1"}, "remove": ["Cookie"]}}]
-    status, info, _ = await echo_through(routes, "GET", "/", {
+    _status, info, _ = await echo_through(routes, "GET", "/", {
         "Connection": "keep-alive, X-Hop, authorization", "X-Hop": "gone", "Keep-Alive": "timeout=5",
         "TE": "trailers", "Authorization": "Bearer client", "Cookie": "a=b", "X-Added": "0",
         "X-Forwarded-For": "10.1.1.1", "Upgrade": "h2c", "Proxy-Authorization": "x"})
@@ -74,7 +74,7 @@ async def test_request_headers_hop_by_hop_then_remove_then_set_add_and_forwarded
 
 async def test_preserve_host_and_forwarded_off() -> None:
     routes = [{"path": "/", "preserve_host": True, "forwarded": False}]
-    status, info, _ = await echo_through(routes, "GET", "/", {"Host": "app.localhost:9"})
+    _status, info, _ = await echo_through(routes, "GET", "/", {"Host": "app.localhost:9"})
     headers = {k.lower(): v for k, v in info["headers"].items()}
     assert headers["host"] == "app.localhost:9"
     assert "x-forwarded-for" not in headers
@@ -123,7 +123,7 @@ async def test_request_body_is_streamed_not_read_whole() -> None:
 
 
 async def test_declared_content_length_is_kept_toward_the_upstream() -> None:
-    status, info, _ = await echo_through([{"path": "/"}], "PUT", "/", {"Content-Type": "text/plain"}, b"x" * 5000)
+    _status, info, _ = await echo_through([{"path": "/"}], "PUT", "/", {"Content-Type": "text/plain"}, b"x" * 5000)
     assert info["body_size"] == 5000
     assert info["headers"]["Content-Length"] == "5000"
     assert "Transfer-Encoding" not in info["headers"]
