@@ -133,3 +133,28 @@ def outbound_request_headers(inbound: Headers, rules: Rules, *, accept_encoding:
         out["Host"] = host
     apply_rules(out, rules)
     return out
+
+
+def rewrite_location(value: str, bases: Iterable[tuple[str, str]], prefix: str, strip_prefix: bool) -> str:
+    """Map a redirect into the upstream back onto the proxy's route, as nginx's ``proxy_redirect
+    default`` does. ``bases`` are ``(origin, base_path)`` pairs, e.g. ``("http://127.0.0.1:3000", "/v1")``.
+
+    An absolute URL on an upstream's origin, or a path-absolute reference, under the upstream's base
+    path becomes a path on this route; anything else (another host, a path outside the base) is kept.
+    """
+    for origin, base_path in bases:
+        same_origin = value[: len(origin)].lower() == origin.lower()
+        if same_origin and value[len(origin): len(origin) + 1] in ("", "/", "?", "#"):
+            rest = value[len(origin):] or "/"
+        elif value.startswith("/") and not value.startswith("//"):
+            rest = value
+        else:
+            continue
+        base = base_path.rstrip("/")
+        if base and not (rest == base or rest.startswith((base + "/", base + "?", base + "#"))):
+            return value
+        tail = rest[len(base):]
+        mount = prefix.rstrip("/") if strip_prefix else ""
+        path = mount + tail if not tail.startswith(("?", "#")) else (mount or "/") + tail
+        return path or "/"
+    return value

@@ -167,6 +167,9 @@ class ProxyHandler:
                 "Content-Encoding", "identity").lower() != "identity":
             kind = StreamKind.RAW  # a coding the proxy cannot decode: relay as it comes, never reframed
         headers = without_hop_by_hop(upstream.headers)
+        for name in ("Location", "Content-Location"):
+            if name in headers:
+                headers[name] = route.rewrite_location(headers[name])
         if kind is not StreamKind.NONE:
             stream_response_headers(headers, decoded=decoder is not None)
         apply_rules(headers, route.response_rules)

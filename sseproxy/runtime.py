@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from .config import Config, Cors, HeaderRules, RequestHeaderRules, Route, is_loopback_host
-from .headers import Rules, is_local_host
+from .headers import Rules, is_local_host, rewrite_location
 from .routing import RoundRobin, join_path
 from .upstream import Pools, Timeouts
 
@@ -38,6 +38,11 @@ class RouteRuntime:
     cors: Cors | None
     compression: str
     local_upstream: bool  # any upstream on loopback, a private address or a dotless name
+
+    def rewrite_location(self, value: str) -> str:
+        bases = [(f"{u.scheme}://{u.raw_authority}", u.raw_path if u.raw_path != "/" else "")
+                 for u in self.upstreams.urls]
+        return rewrite_location(value, bases, self.prefix, self.strip_prefix)
 
     def upstream_path(self, base: URL, path: str) -> str:
         return join_path(base.raw_path if base.raw_path != "/" else "", self.prefix, path, self.strip_prefix)

@@ -150,3 +150,20 @@ async def test_non_stream_bodies_are_relayed_as_they_arrive() -> None:
         gate.release(b"56789")
         gate.release(None)
         assert await asyncio.wait_for(resp.reader.readexactly(5), WAIT) == b"56789"
+
+
+async def test_one_pooled_upstream_connection_is_reused_across_requests() -> None:
+    peers: list[object] = []
+
+    async def who(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", who)
+    async with running_app(app) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        for _ in range(3):
+            resp = await raw_request(proxy, "GET", "/", {})
+            assert await resp.body() == b"ok"
+            resp.close()
+    assert len(peers) == 3 and peers[0] == peers[1] == peers[2]  # same upstream connection each time
