@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import admin, auth, cors
+from . import admin, auth, cors, websocket
 from .accesslog import AccessLog, RequestRecord
 from .decoding import decoder_for
 from .errors import BodyTooLarge, Forbidden, ProxyError, UpstreamError, UpstreamIdle
@@ -104,6 +104,8 @@ class ProxyHandler:
                 return cors.preflight(route.cors, request.headers, route.label)
             if snapshot.config.inbound_auth is not None:
                 auth.check(snapshot.config.inbound_auth.header, snapshot.tokens, request.headers, route.label)
+            if route.websocket and websocket.is_upgrade(request.headers):
+                return await self._websocket(request, snapshot, route, target.path, target.query, record)
             return await self._proxy(request, snapshot, route, target.path, target.query, record)
         except ProxyError as error:
             record.outcome, record.error = "refused", error.message
@@ -119,15 +121,11 @@ class ProxyHandler:
             record.total = loop.time() - record.started
             self.access_log.write(record)
 
-    async def _proxy(self, request: web.BaseRequest, snapshot: Snapshot, route: RouteRuntime, path: str,
-                     query: str, record: RequestRecord) -> web.StreamResponse:
-        limit = BodyLimit(request, snapshot.config.max_body, route.label)
-        limit.check_declared()
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    def _outbound_headers(self, request: web.BaseRequest, snapshot: Snapshot,
+                          route: RouteRuntime) -> CIMultiDict[str]:
         prefer_identity = (route.local_upstream or route.stream == "always"
                            or accepts_stream(request.headers.get("Accept")))
-        headers = outbound_request_headers(
+        return outbound_request_headers(
             request.headers, route.request_rules,
             accept_encoding=upstream_accept_encoding(route.compression, request.headers.get("Accept-Encoding"),
                                                      prefer_identity=prefer_identity),
@@ -135,6 +133,29 @@ class ProxyHandler:
             forwarded=route.forwarded, preserve_host=route.preserve_host,
             token_header=snapshot.config.inbound_auth.header if snapshot.config.inbound_auth else None,
         )
+
+    async def _websocket(self, request: web.BaseRequest, snapshot: Snapshot, route: RouteRuntime, path: str,
+                         query: str, record: RequestRecord) -> web.StreamResponse:
+        """Relay an Upgrade to the upstream; where CORS is configured, a refused Origin gets 403
+        (cross-site WebSocket hijacking: browsers send cookies with any page's handshake)."""
+        origin = request.headers.get("Origin")
+        if route.cors is not None and origin is not None and not cors.origin_allowed(route.cors, origin):
+            raise Forbidden(f"WebSocket from origin {origin} is not allowed", route=route.label)
+        upstream = await websocket.connect(
+            self.runtime.pools, route.upstreams, lambda base: route.upstream_path(base, path), query=query,
+            headers=self._outbound_headers(request, snapshot, route),
+            protocols=websocket.subprotocols(request.headers), timeouts=route.timeouts)
+        record.status = 101
+        record.ttfb = asyncio.get_running_loop().time() - record.started
+        return await websocket.relay(request, upstream)
+
+    async def _proxy(self, request: web.BaseRequest, snapshot: Snapshot, route: RouteRuntime, path: str,
+                     query: str, record: RequestRecord) -> web.StreamResponse:
+        limit = BodyLimit(request, snapshot.config.max_body, route.label)
+        limit.check_declared()
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        headers = self._outbound_headers(request, snapshot, route)
         try:
             upstream = await send(
                 self.runtime.pools, route.upstreams, lambda base: route.upstream_path(base, path),
