@@ -24,7 +24,8 @@ def require_browser_tools() -> None:
     missing = [what for what, ok in [
         ("Chromium (apt-get install chromium)", Path(CHROMIUM).exists()),
         ("node", shutil.which("node") is not None),
-        ("tests/e2e/node_modules (npm install --prefix tests/e2e)", (E2E / "node_modules" / "playwright-core").exists()),
+        ("tests/e2e/node_modules (npm install --prefix tests/e2e)",
+         (E2E / "node_modules" / "playwright-core").exists()),
     ] if not ok]
     if missing:
         reason = "browser tests need " + ", ".join(missing)
