@@ -22,8 +22,10 @@ class RequestRecord:
     total: float | None = None
     bytes: int = 0
     events: int = 0
-    outcome: str = "ok"                # ok | client_closed | upstream_error | timeout | refused
+    heartbeats: int = 0
+    outcome: str = "ok"                # ok | client_closed | upstream_error | timeout | shutdown | refused
     error: str | None = None
+    error_type: str | None = None      # the ProxyError type, e.g. upstream_unavailable
 
 
 def _ms(seconds: float | None) -> str:

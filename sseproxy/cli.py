@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
                        help="add a route; flags come before the file's routes, so they win")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--watch", action="store_true", help="reload when the config file changes")
+    serve.add_argument("--tap", action="store_true", help="print every relayed event as it passes")
     check = sub.add_parser("check", help="validate a config and print the resolved route table")
     check.add_argument("file")
     demo = sub.add_parser("demo", help="a mock LLM upstream with the proxy in front")
@@ -77,7 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup(args.log_format or ("json" if config.access_log == "json" else "text"), args.log_level, redactor)
 
     async def main() -> None:
-        await Service(ServeOptions(args.config, overrides), config, redactor).run(_announce)
+        options = ServeOptions(args.config, overrides, watch=args.watch, tap=args.tap)
+        await Service(options, config, redactor).run(_announce)
 
     try:
         _run(main())

@@ -81,6 +81,13 @@ class UpstreamError(ProxyError, ConnectionError):
     type = "upstream_error"
 
 
+class ShuttingDown(ProxyError):
+    """The proxy is stopping and its grace period is over: streams still open are ended."""
+
+    status = 503
+    type = "shutdown"
+
+
 class UpstreamIdle(UpstreamError, TimeoutError):
     """The upstream fell silent for longer than ``timeouts.idle`` mid-stream."""
 

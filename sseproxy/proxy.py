@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -22,7 +23,7 @@ from multidict import CIMultiDict
 from . import admin, auth, cors, websocket
 from .accesslog import AccessLog, RequestRecord
 from .decoding import decoder_for
-from .errors import BodyTooLarge, Forbidden, ProxyError, UpstreamError, UpstreamIdle
+from .errors import BodyTooLarge, Forbidden, ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
 from .framing import StreamKind, accepts_stream, framer_for, stream_kind
 from .headers import (
     apply_rules,
@@ -82,6 +83,7 @@ class ProxyHandler:
     def __init__(self, runtime: Runtime, access_log: AccessLog):
         self.runtime = runtime
         self.access_log = access_log
+        self._stream_ids = itertools.count(1)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         snapshot = self.runtime.snapshot  # kept for the whole request, whatever a reload does
@@ -93,7 +95,7 @@ class ProxyHandler:
             target = check_target(request.method, request.raw_path, request.headers.get("Host"))
             record.path = target.path
             if admin.owns(snapshot.config.admin_prefix, target.path):
-                return await admin.respond(snapshot.config.admin_prefix, target.path)
+                return await admin.respond(self.runtime, target.path)
             host = host_without_port(request.headers.get("Host"))
             if not snapshot.host_allowed(host):
                 raise Forbidden(f"host {host!r} is not in allowed_hosts")
@@ -108,7 +110,7 @@ class ProxyHandler:
                 return await self._websocket(request, snapshot, route, target.path, target.query, record)
             return await self._proxy(request, snapshot, route, target.path, target.query, record)
         except ProxyError as error:
-            record.outcome, record.error = "refused", error.message
+            record.outcome, record.error, record.error_type = "refused", error.message, error.type
             if route is not None and error.route is None:
                 error.route = route.label
             response = error_response(error, snapshot, route, request.headers.get("Origin"))
@@ -120,6 +122,7 @@ class ProxyHandler:
         finally:
             record.total = loop.time() - record.started
             self.access_log.write(record)
+            self.runtime.metrics.observe(record)
 
     def _outbound_headers(self, request: web.BaseRequest, snapshot: Snapshot,
                           route: RouteRuntime) -> CIMultiDict[str]:
@@ -202,13 +205,18 @@ class ProxyHandler:
             _no_delay(request)
         await response.prepare(request)
         relay = Relay(upstream, response, framer=framer_for(kind), decoder=decoder,
-                      heartbeat=route.heartbeat if kind is StreamKind.SSE else 0.0, idle=route.timeouts.idle)
+                      heartbeat=route.heartbeat if kind is StreamKind.SSE else 0.0, idle=route.timeouts.idle,
+                      on_frames=self._tapper(route, kind))
+        streams, active = self.runtime.streams, self.runtime.metrics.active_streams.labels(route.label)
+        if kind is not StreamKind.NONE:
+            streams.add(relay)
+            active.inc()
         try:
             await relay.run()
             await response.write_eof()
-        except UpstreamError as error:
-            record.outcome = "timeout" if isinstance(error, UpstreamIdle) else "upstream_error"
-            record.error = error.message
+        except (UpstreamError, ShuttingDown) as error:
+            record.outcome = {UpstreamIdle: "timeout", ShuttingDown: "shutdown"}.get(type(error), "upstream_error")
+            record.error, record.error_type = error.message, error.type
             await self._end_broken(request, relay, kind, error)
         except ClientClosed:
             record.outcome = "client_closed"
@@ -216,13 +224,24 @@ class ProxyHandler:
             record.outcome = "client_closed"
             raise
         finally:
+            if kind is not StreamKind.NONE:
+                streams.discard(relay)
+                active.dec()
             record.bytes, record.events = relay.stats.bytes, relay.stats.events
+            record.heartbeats = relay.stats.heartbeats
             if relay.stats.first_event_at is not None:
                 record.ttfe = relay.stats.first_event_at - record.started
         return response
 
+    def _tapper(self, route: RouteRuntime, kind: StreamKind) -> Callable[[bytes], None] | None:
+        tap = self.runtime.tap
+        if tap is None or kind not in (StreamKind.SSE, StreamKind.LINES):
+            return None
+        stream_id = next(self._stream_ids)
+        return lambda frames: tap.frames(route.label, stream_id, frames, sse=kind is StreamKind.SSE)
+
     async def _end_broken(self, request: web.BaseRequest, relay: Relay, kind: StreamKind,
-                          error: UpstreamError) -> None:
+                          error: ProxyError) -> None:
         """Tell an event stream why it ends, then close without the final chunk: a truncated
         transfer, so no client mistakes a cut-off answer for a complete one."""
         if kind is StreamKind.SSE and relay.between_frames:

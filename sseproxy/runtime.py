@@ -13,7 +13,10 @@ from yarl import URL
 
 from .config import Config, Cors, HeaderRules, RequestHeaderRules, Route, is_loopback_host
 from .headers import Rules, is_local_host, rewrite_location
+from .metrics import Metrics
 from .routing import RoundRobin, join_path
+from .streaming import Streams
+from .tap import Tap
 from .upstream import Pools, Timeouts
 
 
@@ -127,4 +130,7 @@ class Runtime:
 
     snapshot: Snapshot
     pools: Pools = field(default_factory=Pools)
-    tap: bool = False
+    metrics: Metrics = field(default_factory=Metrics)
+    streams: Streams = field(default_factory=Streams)
+    tap: Tap | None = None
+    draining: bool = False

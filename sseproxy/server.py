@@ -85,8 +85,7 @@ class Listener:
     def __init__(self, runtime: Runtime, access_log: AccessLog, *, reuse_port: bool = False):
         self.runtime = runtime
         self.server = ProxyServer(ProxyHandler(runtime, access_log), runtime.snapshot.config.header_timeout)
-        self.runner = web.ServerRunner(self.server, handle_signals=False,
-                                       shutdown_timeout=runtime.snapshot.config.shutdown_grace)
+        self.runner = web.ServerRunner(self.server, handle_signals=False)
         self.reuse_port = reuse_port
         self.site: web.TCPSite | None = None
 
@@ -98,6 +97,20 @@ class Listener:
         return str(address[0]), int(address[1])
 
     async def stop(self) -> None:
-        """Stop accepting, let requests in flight finish for up to ``shutdown_grace``, close pools."""
+        """Stop gracefully within ``shutdown_grace``: stop accepting (health turns 503 for connections
+        still open), let streams finish, end those still open with a ``shutdown`` error event between
+        events, give other requests what is left of the grace, then close the upstream pools."""
+        loop = asyncio.get_running_loop()
+        grace = self.runtime.snapshot.config.shutdown_grace
+        deadline = loop.time() + grace
+        self.runtime.draining = True
+        if self.site is not None:
+            await self.site.stop()
+        await asyncio.sleep(0)  # requests that arrived before the stop start being handled
+        self.server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their request
+        stopped = await self.runtime.streams.drain(grace)
+        if stopped:
+            log.info("ended %d stream(s) still open after the %gs grace", stopped, grace)
+        await self.server.shutdown(max(0.1, deadline - loop.time()))
         await self.runner.cleanup()
         await self.runtime.pools.close()

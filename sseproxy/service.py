@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .accesslog import AccessLog
 from .config import Config
@@ -15,6 +16,7 @@ from .loader import Overrides, load
 from .logs import Redactor
 from .runtime import Runtime, compile_config
 from .server import Listener
+from .tap import Tap
 
 log = logging.getLogger("sseproxy")
 
@@ -23,6 +25,8 @@ log = logging.getLogger("sseproxy")
 class ServeOptions:
     config_path: str | None
     overrides: Overrides
+    watch: bool = False
+    tap: bool = False
 
 
 def ready_line(host: str, port: int, routes: int) -> str:
@@ -36,7 +40,7 @@ class Service:
         self.redactor = redactor
         snapshot = compile_config(config)
         redactor.secrets = snapshot.secrets
-        self.runtime = Runtime(snapshot)
+        self.runtime = Runtime(snapshot, tap=Tap() if options.tap else None)
         self.listener = Listener(self.runtime, AccessLog(enabled=config.access_log != "off"))
         self._stop = asyncio.Event()
 
@@ -46,12 +50,33 @@ class Service:
             config = load(self.options.config_path, self.options.overrides)
         except ConfigError as e:
             log.error("reload failed, keeping the old config:\n%s", e)
+            self.runtime.metrics.reloads.labels("failed").inc()
             return False
         snapshot = compile_config(config)
         self.redactor.secrets = tuple({*self.redactor.secrets, *snapshot.secrets})
         self.runtime.snapshot = snapshot
+        self.runtime.metrics.reloads.labels("ok").inc()
         log.info("config reloaded: %d routes", len(snapshot.routes))
         return True
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """``--watch``: reload when the config file's modification time or size changes."""
+        path = Path(self.options.config_path or "")
+
+        def stamp() -> tuple[int, int] | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return st.st_mtime_ns, st.st_size
+
+        last = stamp()
+        while True:
+            await asyncio.sleep(interval)
+            current = stamp()
+            if current != last and current is not None:
+                last = current
+                self.reload()
 
     async def run(self, announce: Callable[[str], None]) -> None:
         config = self.runtime.snapshot.config
@@ -62,11 +87,14 @@ class Service:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         announce(ready_line(bound[0], bound[1], len(self.runtime.snapshot.routes)))
+        watcher = asyncio.create_task(self.watch()) if self.options.watch and self.options.config_path else None
         try:
             await self._stop.wait()
             log.info("stopping: letting requests in flight finish for up to %gs",
                      self.runtime.snapshot.config.shutdown_grace)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.listener.stop()

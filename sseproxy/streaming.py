@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from .decoding import DecodeError, Decoder
-from .errors import UpstreamError
+from .errors import ShuttingDown, UpstreamError
 from .framing import Framer
 from .upstream import mid_stream_error
 
@@ -56,6 +56,12 @@ class Relay:
         self._loop = asyncio.get_running_loop()
         self._last_write = self._loop.time()
         self.stats = RelayStats()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """End this stream for shutdown: the pending read fails and ``run`` raises ``ShuttingDown``."""
+        self.stopping = True
+        self._upstream.close()
 
     async def run(self) -> None:
         beats = asyncio.create_task(self._beat()) if self._heartbeat > 0 else None
@@ -76,6 +82,8 @@ class Relay:
             try:
                 chunk = await read()
             except (aiohttp.ClientError, TimeoutError) as exc:
+                if self.stopping:
+                    raise ShuttingDown("sseproxy is shutting down") from exc
                 raise mid_stream_error(exc, self._idle) from exc
             if not chunk:
                 break
@@ -133,3 +141,36 @@ class Relay:
             except ClientClosed:
                 return
             self.stats.heartbeats += 1
+
+
+class Streams:
+    """The streams being relayed now, so that shutdown can wait for them and then end the rest."""
+
+    def __init__(self) -> None:
+        self._relays: set[Relay] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._relays)
+
+    def add(self, relay: Relay) -> None:
+        self._relays.add(relay)
+        self._idle.clear()
+
+    def discard(self, relay: Relay) -> None:
+        self._relays.discard(relay)
+        if not self._relays:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` for streams to end; stop the rest. Returns how many were stopped."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+            return 0
+        except TimeoutError:
+            relays = list(self._relays)
+            for relay in relays:
+                relay.stop()
+            await asyncio.wait_for(self._idle.wait(), 5.0)
+            return len(relays)
