@@ -95,7 +95,10 @@ class ProxyHandler:
             target = check_target(request.method, request.raw_path, request.headers.get("Host"))
             record.path = target.path
             if admin.owns(snapshot.config.admin_prefix, target.path):
-                return await admin.respond(self.runtime, target.path)
+                record.route = "admin"
+                response = await admin.respond(self.runtime, target.path)
+                record.status = response.status
+                return response
             host = host_without_port(request.headers.get("Host"))
             if not snapshot.host_allowed(host):
                 raise Forbidden(f"host {host!r} is not in allowed_hosts")

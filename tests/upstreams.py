@@ -35,6 +35,9 @@ def gated_stream_app(gate: Gate, content_type: str, encoding: str = "identity",
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         while (data := await gate.next()) is not None:
+            if data == b"ABORT" and request.transport is not None:
+                request.transport.abort()  # a reset mid-stream
+                return response
             if compressor is not None:
                 data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
             await response.write(data)
