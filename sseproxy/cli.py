@@ -51,14 +51,21 @@ def _fail(problems: list[Problem]) -> int:
     return EXIT_USAGE
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
+def _run(coro: Coroutine[Any, Any, None], listen: str) -> int:
+    """Run a server until it stops, on uvloop where it is installed; 1 if it cannot listen."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
+        loop_factory = None
     else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        loop_factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(coro)
+    except OSError as e:
+        print(f"sseproxy: cannot listen on {listen}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _announce(line: str) -> None:
@@ -82,12 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options = ServeOptions(args.config, overrides, watch=args.watch, tap=args.tap)
         await Service(options, config, redactor).run(_announce)
 
-    try:
-        _run(main())
-    except OSError as e:
-        print(f"sseproxy: cannot listen on {config.listen}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    return 0
+    return _run(main(), config.listen)
 
 
 def route_table(config: Config) -> str:
@@ -148,12 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load(None, Overrides(listen=args.listen))
     except ConfigError as e:
         return _fail(e.problems)
-    try:
-        _run(main())
-    except OSError as e:
-        print(f"sseproxy: cannot listen on {args.listen}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    return 0
+    return _run(main(), args.listen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
