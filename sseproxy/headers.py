@@ -119,9 +119,10 @@ def outbound_request_headers(inbound: Headers, rules: Rules, *, accept_encoding:
                              preserve_host: bool, token_header: str | None) -> CIMultiDict[str]:
     """The headers sent upstream: hop-by-hop removal, then ``remove``, then ``set``/``add``."""
     out = without_hop_by_hop(inbound)
-    for name in ("Host", "Expect", "Content-Length" if "chunked" in inbound.get("Transfer-Encoding", "") else ""):
-        if name:
-            out.popall(name, None)
+    out.popall("Host", None)  # the upstream's, unless preserve_host
+    out.popall("Expect", None)  # the proxy answers 100-continue itself
+    if "chunked" in inbound.get("Transfer-Encoding", "").lower():
+        out.popall("Content-Length", None)  # a chunked body's length is not known up front
     if token_header is not None:
         out.popall(token_header, None)
     out.popall("Accept-Encoding", None)
