@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import WAIT, Gate, Truncated, free_port, raw_request, running_app, running_proxy
 from procs import sseproxy_process
-from upstreams import echo_app, gated_stream_app
+from upstreams import echo_app, gated_proxy, gated_stream_app
 
 from sseproxy.tap import Tap
 
@@ -84,28 +84,24 @@ async def test_health_turns_503_while_draining() -> None:
 
 @pytest.mark.parametrize("case", ["ok", "client_closed", "upstream_error", "timeout"])
 async def test_one_access_log_line_per_request_with_its_outcome(case: str, caplog: pytest.LogCaptureFixture) -> None:
-    gate = Gate()
-    route = {"upstream": "", "timeouts": {"idle": "200ms"}, "heartbeat": 0}
-    async with running_app(gated_stream_app(gate, "text/event-stream")) as up:
-        route["upstream"] = up
-        async with running_proxy({"routes": [route]}) as (proxy, _):
-            with caplog.at_level(logging.INFO, logger="sseproxy.access"):
-                resp = await raw_request(proxy, "GET", "/stream?secret=1", {})
-                gate.release(b"data: 1\n\n")
-                await resp.next_chunk()
-                if case == "ok":
-                    gate.release(None)
-                    assert await resp.next_chunk() is None
-                elif case == "client_closed":
-                    resp.writer.transport.abort()
-                elif case == "upstream_error":
-                    gate.release(b"ABORT")  # the upstream resets its connection mid-stream
-                for _ in range(100):  # bounded: until the request has ended and been logged
-                    lines = [r for r in caplog.records if r.name == "sseproxy.access"]
-                    if lines:
-                        break
-                    await asyncio.sleep(0.05)
+    async with gated_proxy(timeouts={"idle": "200ms"}, heartbeat=0) as (gate, proxy):
+        with caplog.at_level(logging.INFO, logger="sseproxy.access"):
+            resp = await raw_request(proxy, "GET", "/stream?secret=1", {})
+            gate.release(b"data: 1\n\n")
+            await resp.next_chunk()
+            if case == "ok":
                 gate.release(None)
+                assert await resp.next_chunk() is None
+            elif case == "client_closed":
+                resp.writer.transport.abort()
+            elif case == "upstream_error":
+                gate.release(b"ABORT")  # the upstream resets its connection mid-stream
+            for _ in range(100):  # bounded: until the request has ended and been logged
+                lines = [r for r in caplog.records if r.name == "sseproxy.access"]
+                if lines:
+                    break
+                await asyncio.sleep(0.05)
+            gate.release(None)
     assert len(lines) == 1
     fields = lines[0].fields  # type: ignore[attr-defined]
     assert fields["outcome"] == case

@@ -8,16 +8,14 @@ import zlib
 
 import pytest
 from helpers import WAIT, Gate, raw_request, running_app, running_proxy
-from upstreams import CONTENT_TYPES, ENDINGS, frames_for, gated_stream_app
+from upstreams import CONTENT_TYPES, ENDINGS, frames_for, gated_proxy, gated_stream_app
 
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
 @pytest.mark.parametrize("kind", list(CONTENT_TYPES))
 async def test_each_frame_arrives_whole_before_the_next_is_sent(kind: str, encoding: str, ending: str) -> None:
-    gate = Gate()
-    app = gated_stream_app(gate, CONTENT_TYPES[kind], encoding)
-    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+    async with gated_proxy(CONTENT_TYPES[kind], encoding) as (gate, proxy):
         resp = await raw_request(proxy, "GET", "/stream", {"Accept-Encoding": "gzip, br"})
         assert resp.status == 200
         assert resp.chunked
@@ -35,25 +33,18 @@ async def test_each_frame_arrives_whole_before_the_next_is_sent(kind: str, encod
 
 
 async def test_stream_always_relays_each_piece_of_any_content_type() -> None:
-    gate = Gate()
-    app = gated_stream_app(gate, "text/plain")
-    config = {"routes": [{"upstream": "", "stream": "always"}]}
-    async with running_app(app) as upstream:
-        config["routes"][0]["upstream"] = upstream
-        async with running_proxy(config) as (proxy, _):
-            resp = await raw_request(proxy, "GET", "/", {})
-            assert resp.headers["x-accel-buffering"] == "no"
-            for piece in (b"no ", b"framing ", b"here"):
-                gate.release(piece)
-                assert await resp.next_chunk() == piece
-            gate.release(None)
-            assert await resp.next_chunk() is None
+    async with gated_proxy("text/plain", stream="always") as (gate, proxy):
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert resp.headers["x-accel-buffering"] == "no"
+        for piece in (b"no ", b"framing ", b"here"):
+            gate.release(piece)
+            assert await resp.next_chunk() == piece
+        gate.release(None)
+        assert await resp.next_chunk() is None
 
 
 async def test_many_events_in_one_read_go_out_in_one_write_and_the_partial_tail_waits() -> None:
-    gate = Gate()
-    app = gated_stream_app(gate, "text/event-stream")
-    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+    async with gated_proxy() as (gate, proxy):
         resp = await raw_request(proxy, "GET", "/", {})
         gate.release(b"data: a\n\ndata: b\n\ndata: hel")
         assert await resp.next_chunk() == b"data: a\n\ndata: b\n\n"
@@ -80,40 +71,32 @@ async def test_local_upstreams_are_asked_for_identity_and_pass_mode_forwards_the
 
 
 async def test_heartbeat_during_silence_only_between_whole_events() -> None:
-    gate = Gate()
-    app = gated_stream_app(gate, "text/event-stream")
-    async with running_app(app) as upstream:
-        config = {"routes": [{"upstream": upstream, "heartbeat": "100ms"}]}
-        async with running_proxy(config) as (proxy, _):
-            resp = await raw_request(proxy, "GET", "/", {})
-            gate.release(b"data: one\n\n")
-            assert await resp.next_chunk() == b"data: one\n\n"
-            assert await resp.next_chunk() == b": keep-alive\n\n"  # silence: a comment keeps the stream alive
-            gate.release(b"data: tw")  # half an event: the client is still between events ...
-            assert await resp.next_chunk() == b": keep-alive\n\n"  # ... so heartbeats go on, never inside it
-            gate.release(b"o\n\n")
+    async with gated_proxy(heartbeat="100ms") as (gate, proxy):
+        resp = await raw_request(proxy, "GET", "/", {})
+        gate.release(b"data: one\n\n")
+        assert await resp.next_chunk() == b"data: one\n\n"
+        assert await resp.next_chunk() == b": keep-alive\n\n"  # silence: a comment keeps the stream alive
+        gate.release(b"data: tw")  # half an event: the client is still between events ...
+        assert await resp.next_chunk() == b": keep-alive\n\n"  # ... so heartbeats go on, never inside it
+        gate.release(b"o\n\n")
+        chunk = await resp.next_chunk()
+        while chunk == b": keep-alive\n\n":
             chunk = await resp.next_chunk()
-            while chunk == b": keep-alive\n\n":
-                chunk = await resp.next_chunk()
-            assert chunk == b"data: two\n\n"
-            gate.release(None)
-            while (chunk := await resp.next_chunk()) is not None:
-                assert chunk == b": keep-alive\n\n"
+        assert chunk == b"data: two\n\n"
+        gate.release(None)
+        while (chunk := await resp.next_chunk()) is not None:
+            assert chunk == b": keep-alive\n\n"
 
 
 async def test_ndjson_streams_get_no_heartbeat() -> None:
-    gate = Gate()
-    app = gated_stream_app(gate, "application/x-ndjson")
-    async with running_app(app) as upstream:
-        config = {"routes": [{"upstream": upstream, "heartbeat": "50ms"}]}
-        async with running_proxy(config) as (proxy, _):
-            resp = await raw_request(proxy, "GET", "/", {})
-            with pytest.raises(asyncio.TimeoutError):
-                await resp.next_chunk(timeout=0.3)  # a blank line would break NDJSON readers
-            gate.release(b'{"a": 1}\n')
-            assert await resp.next_chunk() == b'{"a": 1}\n'
-            gate.release(None)
-            assert await resp.next_chunk() is None
+    async with gated_proxy("application/x-ndjson", heartbeat="50ms") as (gate, proxy):
+        resp = await raw_request(proxy, "GET", "/", {})
+        with pytest.raises(asyncio.TimeoutError):
+            await resp.next_chunk(timeout=0.3)  # a blank line would break NDJSON readers
+        gate.release(b'{"a": 1}\n')
+        assert await resp.next_chunk() == b'{"a": 1}\n'
+        gate.release(None)
+        assert await resp.next_chunk() is None
 
 
 async def test_an_oversized_frame_is_forwarded_as_it_comes() -> None:
@@ -135,9 +118,7 @@ async def test_an_oversized_frame_is_forwarded_as_it_comes() -> None:
 
 
 async def test_101_concurrent_streams_all_flow() -> None:
-    gate = Gate()
-    app = gated_stream_app(gate, "text/event-stream")
-    async with running_app(app) as upstream, running_proxy({"routes": [{"upstream": upstream}]}) as (proxy, _):
+    async with gated_proxy() as (gate, proxy):
         responses = await asyncio.gather(*(raw_request(proxy, "GET", f"/{i}", {}) for i in range(101)))
         for _ in responses:
             gate.release(b"data: hi\n\n")
@@ -165,19 +146,15 @@ async def test_gzip_non_stream_passes_byte_for_byte() -> None:
 
 
 async def test_idle_timer_restarts_with_every_byte_so_long_streams_are_never_cut() -> None:
-    gate = Gate()
-    app = gated_stream_app(gate, "text/event-stream")
-    async with running_app(app) as upstream:
-        config = {"routes": [{"upstream": upstream, "timeouts": {"idle": "400ms"}, "heartbeat": 0}]}
-        async with running_proxy(config) as (proxy, _):
-            resp = await raw_request(proxy, "GET", "/", {})
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            i = 0
-            while loop.time() - started < 1.2 and i < 100:  # three idle periods in all, never one of silence
-                gate.release(f"data: {i}\n\n".encode())
-                assert await resp.next_chunk() == f"data: {i}\n\n".encode()
-                await asyncio.sleep(0.1)
-                i += 1
-            gate.release(None)
-            assert await resp.next_chunk(WAIT) is None
+    async with gated_proxy(timeouts={"idle": "400ms"}, heartbeat=0) as (gate, proxy):
+        resp = await raw_request(proxy, "GET", "/", {})
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        i = 0
+        while loop.time() - started < 1.2 and i < 100:  # three idle periods in all, never one of silence
+            gate.release(f"data: {i}\n\n".encode())
+            assert await resp.next_chunk() == f"data: {i}\n\n".encode()
+            await asyncio.sleep(0.1)
+            i += 1
+        gate.release(None)
+        assert await resp.next_chunk(WAIT) is None

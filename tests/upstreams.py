@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from helpers import Gate
+from helpers import Gate, running_app, running_proxy
 
 ENDINGS = {"LF": "\n", "CRLF": "\r\n", "CR": "\r"}
 CONTENT_TYPES = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
@@ -68,3 +70,14 @@ def echo_app(seen: list[dict[str, Any]] | None = None) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
+
+
+@contextlib.asynccontextmanager
+async def gated_proxy(content_type: str = "text/event-stream", encoding: str = "identity",
+                      **route: Any) -> AsyncIterator[tuple[Gate, str]]:
+    """A gated stream upstream behind a running proxy with one route (``route`` adds its keys);
+    yields the gate and the proxy's base URL."""
+    gate = Gate()
+    async with running_app(gated_stream_app(gate, content_type, encoding)) as upstream, \
+            running_proxy({"routes": [{"upstream": upstream, **route}]}) as (proxy, _):
+        yield gate, proxy
