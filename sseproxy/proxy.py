@@ -210,9 +210,9 @@ class ProxyHandler:
         relay = Relay(upstream, response, framer=framer_for(kind), decoder=decoder,
                       heartbeat=route.heartbeat if kind is StreamKind.SSE else 0.0, idle=route.timeouts.idle,
                       on_frames=self._tapper(route, kind))
-        streams, active = self.runtime.streams, self.runtime.metrics.active_streams.labels(route.label)
-        if kind is not StreamKind.NONE:
-            streams.add(relay)
+        active = self.runtime.metrics.active_streams.labels(route.label) if kind is not StreamKind.NONE else None
+        if active is not None:
+            self.runtime.streams.add(relay)
             active.inc()
         try:
             await relay.run()
@@ -227,8 +227,8 @@ class ProxyHandler:
             record.outcome = "client_closed"
             raise
         finally:
-            if kind is not StreamKind.NONE:
-                streams.discard(relay)
+            if active is not None:
+                self.runtime.streams.discard(relay)
                 active.dec()
             record.bytes, record.events = relay.stats.bytes, relay.stats.events
             record.heartbeats = relay.stats.heartbeats

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, Callable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -27,6 +28,8 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .routing import RoundRobin
+
+T = TypeVar("T")
 
 # Headers aiohttp would add on its own; the proxy forwards exactly what the client sent instead.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -94,23 +97,34 @@ def mapped_errors(url: URL, timeouts: Timeouts) -> Iterator[None]:
         raise UpstreamUnavailable(f"{where} failed before responding: {e.__class__.__name__}") from None
 
 
-async def send(pools: Pools, upstreams: RoundRobin, path_for: Callable[[URL], str], *, method: str,
-               query: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None,
-               timeouts: Timeouts) -> aiohttp.ClientResponse:
-    """Send to the route's next upstream, trying the others only while the connection fails."""
+async def with_failover(upstreams: RoundRobin, path_for: Callable[[URL], str], query: str, timeouts: Timeouts,
+                        attempt: Callable[[URL, URL], Awaitable[T]]) -> T:
+    """``attempt(base, url)`` on the route's next upstream, trying the others only while connecting
+    fails (nothing was sent yet); any other failure is final."""
     last: UpstreamConnectError | UpstreamConnectTimeout | None = None
     for base in upstreams.order():
         url = upstream_url(base, path_for(base), query)
         try:
             with mapped_errors(url, timeouts):
-                return await pools.session(base).request(
-                    method, url, headers=headers, data=body, allow_redirects=False,
-                    timeout=timeouts.client_timeout(), compress=None, chunked=None,
-                )
+                return await attempt(base, url)
         except (UpstreamConnectError, UpstreamConnectTimeout) as error:
             last = error
     assert last is not None
     raise last
+
+
+async def send(pools: Pools, upstreams: RoundRobin, path_for: Callable[[URL], str], *, method: str,
+               query: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None,
+               timeouts: Timeouts) -> aiohttp.ClientResponse:
+    """Send the request upstream; the response headers have arrived when this returns."""
+
+    async def attempt(base: URL, url: URL) -> aiohttp.ClientResponse:
+        return await pools.session(base).request(
+            method, url, headers=headers, data=body, allow_redirects=False,
+            timeout=timeouts.client_timeout(), compress=None, chunked=None,
+        )
+
+    return await with_failover(upstreams, path_for, query, timeouts, attempt)
 
 
 def mid_stream_error(exc: BaseException, idle: float) -> UpstreamError:

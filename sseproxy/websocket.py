@@ -14,10 +14,10 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .errors import ProxyError, UpstreamUnavailable
+from .errors import UpstreamUnavailable
 from .headers import Headers
 from .routing import RoundRobin
-from .upstream import Pools, Timeouts, mapped_errors, upstream_url
+from .upstream import Pools, Timeouts, with_failover
 
 log = logging.getLogger("sseproxy")
 
@@ -43,20 +43,16 @@ async def connect(pools: Pools, upstreams: RoundRobin, path_for: Callable[[URL],
     """The upstream WebSocket, trying the next upstream while connecting fails."""
     for name in HANDSHAKE_HEADERS:
         headers.popall(name, None)
-    last: ProxyError | None = None
-    for base in upstreams.order():
-        url = upstream_url(base, path_for(base), query)
+
+    async def attempt(base: URL, url: URL) -> aiohttp.ClientWebSocketResponse:
         try:
-            with mapped_errors(url, timeouts):
-                return await pools.session(base).ws_connect(
-                    url, protocols=protocols, headers=headers, autoping=False, autoclose=False,
-                    max_msg_size=MAX_MESSAGE, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0))
+            return await pools.session(base).ws_connect(
+                url, protocols=protocols, headers=headers, autoping=False, autoclose=False,
+                max_msg_size=MAX_MESSAGE, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0))
         except aiohttp.WSServerHandshakeError as e:
             raise UpstreamUnavailable(f"upstream refused the WebSocket handshake with {e.status}") from None
-        except UpstreamUnavailable as error:
-            last = error
-    assert last is not None
-    raise last
+
+    return await with_failover(upstreams, path_for, query, timeouts, attempt)
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse

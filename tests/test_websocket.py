@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from helpers import WAIT, running_app, running_proxy
+from helpers import WAIT, raw_request, running_app, running_proxy
 
 
 def ws_upstream(events: list[Any]) -> web.Application:
@@ -136,3 +137,22 @@ async def test_websocket_false_does_not_relay_the_upgrade() -> None:
             {"routes": [{"upstream": up, "websocket": False}]}) as (proxy, _), aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.WSServerHandshakeError):
             await open_ws(session, f"{proxy}/")
+
+
+async def test_an_upstream_refusing_the_handshake_is_502_naming_its_status() -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="no websockets here")
+
+    app = web.Application()
+    app.router.add_get("/", refuse)
+    async with running_app(app) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _), \
+            aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await open_ws(session, f"{proxy}/")
+        assert refused.value.status == 502
+        resp = await raw_request(proxy, "GET", "/", {"Connection": "Upgrade", "Upgrade": "websocket",
+                                                     "Sec-WebSocket-Version": "13",
+                                                     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        error = json.loads(await resp.body())["error"]
+        assert error["type"] == "upstream_unavailable"
+        assert error["message"] == "upstream refused the WebSocket handshake with 403"
