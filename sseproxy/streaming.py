@@ -99,10 +99,11 @@ class Relay:
             tail = decoder.flush() if decoder is not None else b""
         except DecodeError as exc:
             raise UpstreamError(str(exc)) from exc
-        if self.framer is not None:
-            tail = self.framer.feed(tail) + self.framer.flush() if tail else self.framer.flush()
         if tail:
-            await self.write(tail)
+            await self._emit(tail)
+        rest = self.framer.flush() if self.framer is not None else b""
+        if rest:
+            await self.write(rest)  # an incomplete last frame, passed on as the upstream ended it
 
     async def _emit(self, piece: bytes) -> None:
         framer = self.framer
