@@ -14,7 +14,13 @@ class Redactor(logging.Filter):
 
     def __init__(self, secrets: Iterable[str] = ()):
         super().__init__()
-        self.secrets: tuple[str, ...] = tuple(s for s in secrets if s)
+        self.secrets: tuple[str, ...] = ()
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Redact these too (old ones stay: lines about old requests may still be written). Longest
+        first, so a secret that contains another is never left half shown."""
+        self.secrets = tuple(sorted({*self.secrets, *(s for s in secrets if s)}, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:

@@ -120,7 +120,7 @@ def compile_config(config: Config) -> Snapshot:
         routes=routes,
         allowed_hosts=_allowed_hosts(config),
         tokens=tuple(t.encode() for t in tokens),
-        secrets=tuple(sorted(secrets, key=len, reverse=True)),
+        secrets=tuple(secrets),
     )
 
 

@@ -39,7 +39,7 @@ class Service:
         self.options = options
         self.redactor = redactor
         snapshot = compile_config(config)
-        redactor.secrets = snapshot.secrets
+        redactor.add(snapshot.secrets)
         self.runtime = Runtime(snapshot, tap=Tap() if options.tap else None)
         self.listener = Listener(self.runtime, AccessLog(enabled=config.access_log != "off"))
         self._stop = asyncio.Event()
@@ -53,7 +53,7 @@ class Service:
             self.runtime.metrics.reloads.labels("failed").inc()
             return False
         snapshot = compile_config(config)
-        self.redactor.secrets = tuple({*self.redactor.secrets, *snapshot.secrets})
+        self.redactor.add(snapshot.secrets)
         self.runtime.snapshot = snapshot
         self.runtime.metrics.reloads.labels("ok").inc()
         log.info("config reloaded: %d routes", len(snapshot.routes))

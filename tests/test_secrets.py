@@ -95,3 +95,15 @@ routes:
         assert secret.encode() not in statuses_seen
     code, out, err = await run_cli("check", str(config), env={"KEY": KEY})
     assert code == 0 and KEY not in out + err and TOKEN not in out + err
+
+
+def test_a_secret_containing_another_is_redacted_whole_after_a_reload() -> None:
+    import logging
+
+    from sseproxy.logs import Redactor
+
+    redactor = Redactor(["sk-live"])
+    redactor.add(["sk-live-0123456789"])  # the reloaded config's key extends the old one
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "key %s", ("sk-live-0123456789",), None)
+    redactor.filter(record)
+    assert record.getMessage() == "key <redacted>"
