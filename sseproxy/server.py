@@ -80,7 +80,8 @@ class ProxyServer(web.Server):
 
 
 class Listener:
-    """A running proxy on one address: start, reload its snapshot, stop."""
+    """A running proxy on one address: start, then stop gracefully. Reloads swap ``runtime.snapshot``;
+    ``header_timeout`` and ``listen`` are read once, here, so a reload does not change them."""
 
     def __init__(self, runtime: Runtime, access_log: AccessLog, *, reuse_port: bool = False):
         self.runtime = runtime
