@@ -86,7 +86,7 @@ class ProxyHandler:
         self._stream_ids = itertools.count(1)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        snapshot = self.runtime.snapshot  # kept for the whole request, whatever a reload does
+        snapshot = self.runtime.enter()  # kept for the whole request, whatever a reload does
         loop = asyncio.get_running_loop()
         record = RequestRecord(method=request.method, path=request.raw_path.partition("?")[0],
                                started=loop.time(), client=request.remote)
@@ -126,6 +126,7 @@ class ProxyHandler:
             record.total = loop.time() - record.started
             self.access_log.write(record)
             self.runtime.metrics.observe(record)
+            self.runtime.leave(snapshot)
 
     def _outbound_headers(self, request: web.BaseRequest, snapshot: Snapshot,
                           route: RouteRuntime) -> CIMultiDict[str]:

@@ -17,7 +17,7 @@ from .metrics import Metrics
 from .routing import RoundRobin, join_path
 from .streaming import Streams
 from .tap import Tap
-from .upstream import Pools, Timeouts
+from .upstream import Origin, Pools, Timeouts, origin_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,13 +51,22 @@ class RouteRuntime:
         return join_path(base.raw_path if base.raw_path != "/" else "", self.prefix, path, self.strip_prefix)
 
 
+@dataclass(eq=False)
+class InFlight:
+    """How many requests are using a snapshot."""
+
+    count: int = 0
+
+
 @dataclass(frozen=True)
 class Snapshot:
     config: Config
     routes: list[RouteRuntime]
+    origins: frozenset[Origin]         # the upstream pools its routes use
     allowed_hosts: frozenset[str]      # exact hosts (lower case, without port); "*" allows any
     tokens: tuple[bytes, ...]          # inbound tokens, compared in constant time
     secrets: tuple[str, ...]           # every injected value and token: never to be shown
+    in_flight: InFlight = field(default_factory=InFlight, compare=False)
 
     def host_allowed(self, host: str) -> bool:
         if "*" in self.allowed_hosts or host in self.allowed_hosts:
@@ -118,6 +127,7 @@ def compile_config(config: Config) -> Snapshot:
     return Snapshot(
         config=config,
         routes=routes,
+        origins=frozenset(origin_of(u) for r in routes for u in r.upstreams.urls),
         allowed_hosts=_allowed_hosts(config),
         tokens=tuple(t.encode() for t in tokens),
         secrets=tuple(secrets),
@@ -134,3 +144,26 @@ class Runtime:
     streams: Streams = field(default_factory=Streams)
     tap: Tap | None = None
     draining: bool = False
+    retiring: list[Snapshot] = field(default_factory=list)  # replaced, with requests still in flight
+
+    def enter(self) -> Snapshot:
+        """The snapshot a new request keeps to its end, counted until ``leave``."""
+        snapshot = self.snapshot
+        snapshot.in_flight.count += 1
+        return snapshot
+
+    def leave(self, snapshot: Snapshot) -> None:
+        snapshot.in_flight.count -= 1
+        if snapshot.in_flight.count == 0 and snapshot is not self.snapshot:
+            self._close_unused_pools()
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """A reload: new requests get ``snapshot``; requests in flight keep theirs, and the pools
+        only old snapshots used are closed once the last of those requests ends."""
+        self.retiring.append(self.snapshot)
+        self.snapshot = snapshot
+        self._close_unused_pools()
+
+    def _close_unused_pools(self) -> None:
+        self.retiring = [s for s in self.retiring if s.in_flight.count > 0]
+        self.pools.close_except({o for s in (self.snapshot, *self.retiring) for o in s.origins})

@@ -54,7 +54,7 @@ class Service:
             return False
         snapshot = compile_config(config)
         self.redactor.add(snapshot.secrets)
-        self.runtime.snapshot = snapshot
+        self.runtime.swap(snapshot)
         self.runtime.metrics.reloads.labels("ok").inc()
         log.info("config reloaded: %d routes", len(snapshot.routes))
         return True

@@ -46,14 +46,32 @@ class Timeouts:
                                      sock_read=self.idle or None)
 
 
+Origin = tuple[str, str, int | None]
+
+
+def origin_of(url: URL) -> Origin:
+    return url.scheme, url.raw_host or "", url.explicit_port
+
+
 class Pools:
     """One ``ClientSession`` (connection pool) per upstream origin, made on first use."""
 
     def __init__(self) -> None:
-        self._sessions: dict[tuple[str, str, int | None], aiohttp.ClientSession] = {}
+        self._sessions: dict[Origin, aiohttp.ClientSession] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def origins(self) -> set[Origin]:
+        return set(self._sessions)
+
+    def close_except(self, keep: set[Origin]) -> None:
+        """Close the pools of origins no config in use names any more (in the background)."""
+        for origin in self.origins() - keep:
+            task = asyncio.get_running_loop().create_task(self._sessions.pop(origin).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def session(self, url: URL) -> aiohttp.ClientSession:
-        key = (url.scheme, url.raw_host or "", url.explicit_port)
+        key = origin_of(url)
         session = self._sessions.get(key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=10)
@@ -69,6 +87,7 @@ class Pools:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+        await asyncio.gather(*self._closing)
 
 
 def upstream_url(base: URL, path: str, query: str) -> URL:
