@@ -9,7 +9,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from .config import Config, dump_for_humans
+from .config import Config, dump_for_humans, parse_listen
 from .errors import ConfigError, Problem
 from .loader import Overrides, load
 from .logs import Redactor, setup
@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     demo = sub.add_parser("demo", help="a mock LLM upstream with the proxy in front")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
+    demo.add_argument("--mock-only", action="store_true",
+                      help="serve only the mock LLM upstream on --listen (e.g. as a compose service)")
     return p
 
 
@@ -130,6 +132,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     redactor = Redactor()
     setup("text", "warning", redactor)
 
+    async def mock_only() -> None:
+        host, port = parse_listen(args.listen)
+        await demo.serve_mock_until_stopped(host, port, _announce)
+
     async def main() -> None:
         mock, port = await demo.start_mock()
         try:
@@ -150,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load(None, Overrides(listen=args.listen))
     except ConfigError as e:
         return _fail(e.problems)
-    return _run(main(), args.listen)
+    return _run(mock_only() if args.mock_only else main(), args.listen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -81,6 +83,20 @@ async def start_mock(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRun
     site = web.TCPSite(runner, host, port)
     await site.start()
     return runner, int(runner.addresses[0][1])
+
+
+async def serve_mock_until_stopped(host: str, port: int, announce: Callable[[str], None]) -> None:
+    """Only the mock upstream, until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner, bound = await start_mock(host, port)
+    announce(f"mock LLM upstream listening on http://{host}:{bound}")
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def instructions(proxy_url: str) -> str:
