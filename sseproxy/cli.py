@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from . import workers
 from .config import Config, dump_for_humans, parse_listen
 from .errors import ConfigError, Problem
 from .loader import Overrides, load
@@ -38,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--watch", action="store_true", help="reload when the config file changes")
     serve.add_argument("--tap", action="store_true", help="print every relayed event as it passes")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N processes serving the same port (SO_REUSEPORT)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     check = sub.add_parser("check", help="validate a config and print the resolved route table")
     check.add_argument("file")
     demo = sub.add_parser("demo", help="a mock LLM upstream with the proxy in front")
@@ -87,11 +92,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     redactor = Redactor()
     setup(args.log_format or ("json" if config.access_log == "json" else "text"), args.log_level, redactor)
 
+    if args.workers > 1:
+        return _supervise(args, config.listen)
+
     async def main() -> None:
-        options = ServeOptions(args.config, overrides, watch=args.watch, tap=args.tap)
+        options = ServeOptions(args.config, overrides, watch=args.watch, tap=args.tap, reuse_port=args.reuse_port,
+                               metrics_dir=os.environ.get(workers.MULTIPROC_ENV))
         await Service(options, config, redactor).run(_announce)
 
     return _run(main(), config.listen)
+
+
+def _supervise(args: argparse.Namespace, listen: str) -> int:
+    """``--workers N``: the same command for each worker, without --workers and --listen."""
+    worker_args = [*(["--config", args.config] if args.config else []),
+                   *(a for prefix, url in args.route for a in ("--route", f"{prefix}={url}")),
+                   *(["--log-format", args.log_format] if args.log_format else []),
+                   "--log-level", args.log_level, *(["--watch"] if args.watch else []),
+                   *(["--tap"] if args.tap else [])]
+    status = 0
+
+    async def main() -> None:
+        nonlocal status
+        status = await workers.supervise(worker_args, listen, args.workers, _announce)
+
+    return _run(main(), listen) or status
 
 
 def route_table(config: Config) -> str:

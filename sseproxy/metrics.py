@@ -8,6 +8,7 @@ starts and ends.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .accesslog import RequestRecord
 
@@ -16,12 +17,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``multiprocess_dir`` (with ``--workers``): every worker writes there, and any worker's
+    ``render`` sums them all, so a scrape sees the whole server whichever worker answers it."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sseproxy_requests", "Requests by route, method and status",
                                 ["route", "method", "status"], registry=r)
-        self.active_streams = Gauge("sseproxy_active_streams", "Streams being relayed now", ["route"], registry=r)
+        self.active_streams = Gauge("sseproxy_active_streams", "Streams being relayed now", ["route"], registry=r,
+                                    multiprocess_mode="livesum")
         self.ttfb = Histogram("sseproxy_time_to_first_byte_seconds", "Time to the upstream's response headers",
                               ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttfe = Histogram("sseproxy_time_to_first_event_seconds", "Time to the first whole event or line",
@@ -54,4 +60,8 @@ class Metrics:
             self.upstream_errors.labels(route, record.error_type).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(combined)

@@ -14,6 +14,7 @@ from .config import Config
 from .errors import ConfigError
 from .loader import Overrides, load
 from .logs import Redactor
+from .metrics import Metrics
 from .runtime import Runtime, compile_config
 from .server import Listener
 from .tap import Tap
@@ -27,6 +28,8 @@ class ServeOptions:
     overrides: Overrides
     watch: bool = False
     tap: bool = False
+    reuse_port: bool = False               # a worker of --workers N
+    metrics_dir: str | None = None         # prometheus-client multiprocess directory, with --workers
 
 
 def ready_line(host: str, port: int, routes: int) -> str:
@@ -40,8 +43,10 @@ class Service:
         self.redactor = redactor
         snapshot = compile_config(config)
         redactor.add(snapshot.secrets)
-        self.runtime = Runtime(snapshot, tap=Tap() if options.tap else None)
-        self.listener = Listener(self.runtime, AccessLog(enabled=config.access_log != "off"))
+        self.runtime = Runtime(snapshot, tap=Tap() if options.tap else None,
+                               metrics=Metrics(options.metrics_dir))
+        self.listener = Listener(self.runtime, AccessLog(enabled=config.access_log != "off"),
+                                 reuse_port=options.reuse_port)
         self._stop = asyncio.Event()
 
     def reload(self) -> bool:

@@ -218,3 +218,33 @@ async def test_a_reload_closes_dropped_upstream_pools_once_their_last_stream_end
                 break
             await asyncio.sleep(0.05)
         assert runtime.pools.origins() == {new}
+
+
+async def test_two_workers_both_serve_one_port_and_metrics_count_both() -> None:
+    gate = Gate()
+    async with running_app(echo_app()) as echo_up, \
+            running_app(gated_stream_app(gate, "text/event-stream")) as stream_up, \
+            sseproxy_process("serve", "--workers", "2", "--listen", "127.0.0.1:0", "--log-format", "json",
+                             "--route", f"/api={echo_up}", "--route", f"/={stream_up}") as (proc, url):
+        for i in range(40):  # each on a new connection: the kernel spreads them over both workers
+            resp = await raw_request(url, "GET", f"/api/{i}", {})
+            assert resp.status == 200
+            resp.close()
+        for _ in range(100):  # bounded: until every request has been counted (after its response)
+            text = await scrape(url)
+            if metric(text, "sseproxy_requests_total", route="/api", method="GET", status="200") == 40:
+                break
+            await asyncio.sleep(0.05)
+        assert metric(text, "sseproxy_requests_total", route="/api", method="GET", status="200") == 40
+        stream = await raw_request(url, "GET", "/live", {})
+        gate.release(b"data: 1\n\n")
+        assert await stream.next_chunk() == b"data: 1\n\n"
+        proc.send_signal(signal.SIGTERM)  # forwarded to both workers; the live stream may finish
+        gate.release(None)
+        assert await stream.next_chunk() is None
+        assert await asyncio.wait_for(proc.wait(), WAIT * 2) == 0
+        assert proc.stderr is not None
+        log = (await proc.stderr.read()).decode()
+    pids = {json.loads(line)["pid"] for line in log.splitlines()
+            if line.startswith("{") and json.loads(line).get("path", "").startswith("/api/")}
+    assert len(pids) == 2
