@@ -13,6 +13,12 @@ import aiohttp
 PREFIX = b'data: {"t": '
 
 
+def failed(result: Result, exc: BaseException | str) -> None:
+    kind = exc if isinstance(exc, str) else type(exc).__name__
+    result.errors += 1
+    result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+
+
 @dataclass
 class Result:
     latencies_ns: array = field(default_factory=lambda: array("q"))  # type: ignore[type-arg]
@@ -20,6 +26,7 @@ class Result:
     events: int = 0
     bytes: int = 0
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -34,7 +41,7 @@ async def read_stream(http: aiohttp.ClientSession, url: str, result: Result, unt
     try:
         async with http.get(url) as resp:
             if resp.status != 200:
-                result.errors += 1
+                failed(result, f"HTTP {resp.status}")
                 return
             buf = bytearray()
             first = True
@@ -55,8 +62,8 @@ async def read_stream(http: aiohttp.ClientSession, url: str, result: Result, unt
                 del buf[:start]
                 if until is not None and time.monotonic() >= until:
                     return
-    except (aiohttp.ClientError, TimeoutError):
-        result.errors += 1
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        failed(result, exc)
 
 
 async def streams(base: str, count: int, events: int, interval: float, size: int) -> Result:
@@ -95,8 +102,8 @@ async def idle(base: str, count: int, on_open: object) -> Result:
             async with gate:
                 resp = await http.get(f"{base}/idle")
                 await resp.content.readuntil(b"\n\n")
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            result.errors += 1
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            failed(result, exc)
             resp = None
         opened += 1
         if opened == count:
@@ -124,9 +131,9 @@ async def download(base: str, size: int) -> Result:
             async with http.get(f"{base}/download?size={size}") as resp:
                 async for chunk in resp.content.iter_any():
                     result.bytes += len(chunk)
-        except (aiohttp.ClientError, TimeoutError):
-            result.errors += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failed(result, exc)
         result.seconds = time.monotonic() - started
     if result.bytes != size:
-        result.errors += 1
+        failed(result, "short body")
     return result

@@ -115,6 +115,7 @@ class Target:
 class Row:
     target: str
     figures: dict[str, float] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)  # error kinds, to tell a proxy fault from the bench's
 
 
 @contextlib.contextmanager
@@ -154,10 +155,11 @@ def ensure_nginx() -> str:
 
 
 async def measure(target: Target, run: Callable[[], object]) -> tuple[load.Result, float, int]:
-    """Run one scenario; the proxy's CPU seconds and peak RSS while it ran."""
+    """Run one scenario; the proxy's CPU seconds, and how far its RSS rose above where the scenario
+    found it (memory an earlier scenario left behind is not charged to this one)."""
     pids = target.pids()
     cpu_before = cpu_seconds(pids)
-    peak = rss_bytes(pids)
+    start = peak = rss_bytes(pids)
     done = asyncio.Event()
 
     async def sample() -> None:
@@ -172,7 +174,7 @@ async def measure(target: Target, run: Callable[[], object]) -> tuple[load.Resul
     finally:
         done.set()
         await sampler
-    return result, cpu_seconds(target.pids()) - cpu_before, peak
+    return result, cpu_seconds(target.pids()) - cpu_before, peak - start
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -209,7 +211,9 @@ def table(title: str, rows: list[Row], lower_is_better: set[str]) -> str:
             cells.append(text + (f" ({', '.join(ratios)})" if ratios else ""))
         out.append(f"| {row.target} | " + " | ".join(cells) + " |")
     note = ", ".join(sorted(lower_is_better))
-    out += ["", f"Lower is better for: {note}; higher for the rest. Ratios are to nginx and to direct.", ""]
+    out += ["", f"Lower is better for: {note}; higher for the rest. Ratios are to nginx and to direct."]
+    kinds = [f"{r.target}: " + ", ".join(f"{k} x{n}" for k, n in r.kinds.items()) for r in rows if r.kinds]
+    out += [f"Errors: {'; '.join(kinds)}." if kinds else "", ""]
     return "\n".join(out)
 
 
@@ -222,10 +226,11 @@ async def scenarios(targets: list[Target], quick: bool) -> str:
         for t in targets:
             result, cpu, peak = await measure(t, lambda t=t: load.streams(t.url, count, events, interval, size))
             rows.append(Row(t.name, {**latency_figures(result), "proxy CPU s": cpu if t.pid else float("nan"),
-                                     "proxy peak RSS MiB": peak / MiB if t.pid else float("nan")}))
+                                     "proxy RSS rise MiB": peak / MiB if t.pid else float("nan")},
+                            result.error_kinds))
             print(f"  {title}: {t.name} done", file=sys.stderr)
         parts.append(table(title, rows, {"p50 ms", "p90 ms", "p99 ms", "max ms", "TTFE p50 ms", "proxy CPU s",
-                                         "proxy peak RSS MiB"}))
+                                         "proxy RSS rise MiB"}))
 
     await latency_scenario("(a) 1 stream, 200 events at 10 ms", 1, 200, 0.01, 100)
     await latency_scenario("(b) 100 streams, 20 events of ~100 B at 50 ms", 100, 20, 0.05, 100)
@@ -236,10 +241,10 @@ async def scenarios(targets: list[Target], quick: bool) -> str:
     for t in targets:
         result, cpu, peak = await measure(t, lambda t=t: load.flood(t.url, 10, 5.0 * scale if quick else 5.0, 100))
         rows.append(Row(t.name, {**latency_figures(result), "proxy CPU s": cpu if t.pid else float("nan"),
-                                 "proxy peak RSS MiB": peak / MiB if t.pid else float("nan")}))
+                                 "proxy RSS rise MiB": peak / MiB if t.pid else float("nan")}, result.error_kinds))
         print(f"  (c): {t.name} done", file=sys.stderr)
     parts.append(table("(c) 10 streams as fast as possible for 5 s", rows,
-                       {"p50 ms", "p90 ms", "p99 ms", "max ms", "TTFE p50 ms", "proxy CPU s", "proxy peak RSS MiB"}))
+                       {"p50 ms", "p90 ms", "p99 ms", "max ms", "TTFE p50 ms", "proxy CPU s", "proxy RSS rise MiB"}))
 
     for count in (int(1000 * scale), int(10000 * scale)):
         rows = []
@@ -251,7 +256,7 @@ async def scenarios(targets: list[Target], quick: bool) -> str:
 
             result = await load.idle(t.url, count, at_peak)
             rows.append(Row(t.name, {"open s": result.seconds, "RSS per stream KiB": result.extra["RSS per stream KiB"],
-                                     "errors": result.errors}))
+                                     "errors": result.errors}, result.error_kinds))
             print(f"  (d) {count}: {t.name} done", file=sys.stderr)
         parts.append(table(f"(d) {count:,} idle open streams", rows, {"open s", "RSS per stream KiB"}))
 
@@ -261,10 +266,10 @@ async def scenarios(targets: list[Target], quick: bool) -> str:
         result, cpu, peak = await measure(t, lambda t=t: load.download(t.url, size))
         rows.append(Row(t.name, {"MB/s": result.bytes / MiB / result.seconds, "errors": result.errors,
                                  "proxy CPU s": cpu if t.pid else float("nan"),
-                                 "proxy peak RSS MiB": peak / MiB if t.pid else float("nan")}))
+                                 "proxy RSS rise MiB": peak / MiB if t.pid else float("nan")}, result.error_kinds))
         print(f"  (e): {t.name} done", file=sys.stderr)
     parts.append(table(f"(e) one {size // MiB:,} MiB non-streamed download", rows, {"proxy CPU s",
-                                                                                 "proxy peak RSS MiB"}))
+                                                                                 "proxy RSS rise MiB"}))
     return "\n".join(parts)
 
 
