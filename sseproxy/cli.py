@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -75,6 +77,16 @@ def _run(coro: Coroutine[Any, Any, None], listen: str) -> int:
     return 0
 
 
+def raise_open_file_limit() -> None:
+    """Each stream holds two descriptors (client and upstream): lift the soft limit to the hard one,
+    as nginx's worker_rlimit_nofile would, so a default soft limit of 1,024 does not cap a server at
+    about 500 streams."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _announce(line: str) -> None:
     print(line, flush=True)
 
@@ -91,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               "no routes: give --route PREFIX=URL or a config file with routes")])
     redactor = Redactor()
     setup(args.log_format or ("json" if config.access_log == "json" else "text"), args.log_level, redactor)
+    raise_open_file_limit()
 
     if args.workers > 1:
         return _supervise(args, config.listen)

@@ -92,7 +92,8 @@ class Listener:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         await self.runner.setup()
-        self.site = web.TCPSite(self.runner, host, port, reuse_port=self.reuse_port or None, backlog=1024)
+        self.site = web.TCPSite(self.runner, host, port, reuse_port=self.reuse_port or None,
+                                backlog=4096)  # the kernel caps it at net.core.somaxconn
         await self.site.start()
         address = self.runner.addresses[-1]
         return str(address[0]), int(address[1])

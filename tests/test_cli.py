@@ -80,3 +80,18 @@ async def test_demo_streams_tokens_one_by_one() -> None:
         tokens = [json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1]]
         assert len(tokens) > 10
         assert "".join(tokens).startswith("Streaming works")
+
+
+async def test_serve_lifts_the_open_file_limit_to_the_hard_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # the child inherits 1,024
+    try:
+        async with sseproxy_process("serve", "--listen", "127.0.0.1:0", "--route", "/=http://127.0.0.1:1") as (proc, _):
+            limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert line.split()[3] == line.split()[4] == str(hard)
