@@ -7,7 +7,21 @@ be ended with an error frame or aborted.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+
+
+class Outcome(enum.Enum):
+    """How a request ended: set once, where it happens. The access log, the metrics and the
+    decision to release or close the upstream connection all read it; nothing classifies strings."""
+
+    OK = "ok"
+    CLIENT_CLOSED = "client_closed"    # the client left before the end
+    UPSTREAM_ERROR = "upstream_error"  # a 502 before headers, or a failure mid-stream
+    TIMEOUT = "timeout"                # a 504 before headers, or idle mid-stream
+    REFUSED = "refused"                # the proxy's own 4xx answers
+    SHUTDOWN = "shutdown"              # ended by shutdown after the grace period
+    INTERNAL = "internal_error"        # a bug in the proxy: logged with its traceback
 
 
 class ProxyError(Exception):
@@ -15,6 +29,7 @@ class ProxyError(Exception):
 
     status = 500
     type = "internal_error"
+    outcome = Outcome.REFUSED
 
     def __init__(self, message: str, *, route: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -59,11 +74,13 @@ class BodyTooLarge(ProxyError):
 class UpstreamUnavailable(ProxyError, ConnectionError):
     status = 502
     type = "upstream_unavailable"
+    outcome = Outcome.UPSTREAM_ERROR
 
 
 class UpstreamTimeout(ProxyError, TimeoutError):
     status = 504
     type = "upstream_timeout"
+    outcome = Outcome.TIMEOUT
 
 
 class UpstreamConnectError(UpstreamUnavailable):
@@ -79,6 +96,7 @@ class UpstreamError(ProxyError, ConnectionError):
 
     status = 502
     type = "upstream_error"
+    outcome = Outcome.UPSTREAM_ERROR
 
 
 class ShuttingDown(ProxyError):
@@ -86,10 +104,13 @@ class ShuttingDown(ProxyError):
 
     status = 503
     type = "shutdown"
+    outcome = Outcome.SHUTDOWN
 
 
 class UpstreamIdle(UpstreamError, TimeoutError):
     """The upstream fell silent for longer than ``timeouts.idle`` mid-stream."""
+
+    outcome = Outcome.TIMEOUT
 
 
 @dataclass(frozen=True)

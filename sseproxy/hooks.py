@@ -1,0 +1,62 @@
+"""Exchange hooks: what features (tap, recording, the inspector, resume, usage) see of a request.
+
+A feature never adds a branch to the relay loop. It gives a ``HookFactory``; for each exchange the
+factory may open a ``Hook`` (or return ``None`` to stay out of it), and the relay calls the hooks it
+holds as the exchange goes: the request body as it streams upstream, the response head as sent to
+the client, every piece of body written to the client with the time it left, and the end. A
+request whose factories all return ``None`` pays one empty-tuple check per write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .framing import StreamKind
+
+if TYPE_CHECKING:
+    from .accesslog import RequestRecord
+
+
+@dataclass(frozen=True)
+class ExchangeInfo:
+    """What a hook may know of the request when it is opened (after the route matched)."""
+
+    id: int                                  # unique within this process, in arrival order
+    route: str                               # the route's label
+    method: str
+    path: str                                # raw path, exactly as forwarded to the route
+    query: str                               # raw query, without "?"
+    client: str | None                       # the client's address
+    headers: CIMultiDictProxy[str]           # the request headers as the client sent them
+    started: float                           # loop.time() when the request arrived
+
+
+class Hook(Protocol):
+    """One feature's view of one exchange. Calls never raise into the relay and never block."""
+
+    def request_body(self, chunk: bytes) -> None:
+        """A piece of the request body, as it is sent upstream."""
+
+    def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
+        """The response head as it goes to the client (after header rules and CORS)."""
+
+    def data(self, chunk: bytes, at: float) -> None:
+        """Body bytes just written to the client at ``at`` (loop time): whole frames for an event
+        or line stream, pieces as they arrived otherwise. Heartbeats and the proxy's own error
+        event are not data."""
+
+    def end(self, record: RequestRecord) -> None:
+        """The exchange ended; ``record.outcome`` says how."""
+
+
+class HookFactory(Protocol):
+    def open(self, info: ExchangeInfo) -> Hook | None:
+        """A hook for this exchange, or ``None`` when the feature does not apply to it."""
+
+
+def open_hooks(factories: Sequence[HookFactory], info: ExchangeInfo) -> tuple[Hook, ...]:
+    return tuple(h for f in factories if (h := f.open(info)) is not None)
