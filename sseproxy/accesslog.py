@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import Outcome
 
 
 @dataclass
@@ -23,9 +26,19 @@ class RequestRecord:
     bytes: int = 0
     events: int = 0
     heartbeats: int = 0
-    outcome: str = "ok"                # ok | client_closed | upstream_error | timeout | shutdown | refused
+    outcome: Outcome = Outcome.OK
     error: str | None = None
     error_type: str | None = None      # the ProxyError type, e.g. upstream_unavailable
+
+    def fields(self) -> dict[str, Any]:
+        """The record as JSON-ready fields (the access log's JSON form)."""
+        out = asdict(self)
+        del out["started"]
+        out["outcome"] = self.outcome.value
+        for key in ("ttfb", "ttfe", "total"):
+            if out[key] is not None:
+                out[key] = round(out[key], 6)
+        return out
 
 
 def _ms(seconds: float | None) -> str:
@@ -33,7 +46,8 @@ def _ms(seconds: float | None) -> str:
 
 
 class AccessLog:
-    """Writes records to the ``sseproxy.access`` logger; the log formatter decides text or JSON."""
+    """Writes records to the ``sseproxy.access`` logger; ``fields`` carry the JSON form, which the
+    log formatter uses when ``access_log: json``. ``enabled`` follows ``access_log`` across reloads."""
 
     def __init__(self, enabled: bool = True, logger: logging.Logger | None = None):
         self.enabled = enabled
@@ -42,15 +56,10 @@ class AccessLog:
     def write(self, record: RequestRecord) -> None:
         if not self.enabled or not self.logger.isEnabledFor(logging.INFO):
             return
-        fields = asdict(record)
-        del fields["started"]
-        for key in ("ttfb", "ttfe", "total"):
-            if fields[key] is not None:
-                fields[key] = round(fields[key], 6)
         self.logger.info(
-            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d outcome=%s%s',
+            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s',
             record.client or "-", record.method, record.path, record.route or "-", record.status,
             _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
-            record.outcome, f" error={json.dumps(record.error)}" if record.error else "",
-            extra={"fields": fields},
+            record.heartbeats, record.outcome.value, f" error={json.dumps(record.error)}" if record.error else "",
+            extra={"fields": record.fields()},
         )

@@ -15,7 +15,7 @@ def owns(prefix: str, path: str) -> bool:
 
 async def respond(runtime: Runtime, path: str) -> web.Response:
     """``/health``: 200, or 503 while draining (so load balancers stop sending); ``/metrics``."""
-    prefix = runtime.snapshot.config.admin_prefix
+    prefix = runtime.snapshot.admin_prefix
     if path == prefix + "/health":
         if runtime.draining:
             return web.json_response({"status": "draining"}, status=503)

@@ -13,10 +13,11 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import workers
-from .config import Config, dump_for_humans, parse_listen
+from .config import dump_for_humans, parse_listen
 from .errors import ConfigError, Problem
 from .loader import Overrides, load
 from .logs import Redactor, setup
+from .runtime import Snapshot, compile_config
 from .service import ServeOptions, Service
 from .units import format_duration
 
@@ -92,8 +93,7 @@ def _announce(line: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    extra = {"access_log": args.log_format} if args.log_format else {}
-    overrides = Overrides(listen=args.listen, routes=tuple(args.route), extra=extra)
+    overrides = Overrides(listen=args.listen, routes=tuple(args.route))
     try:
         config = load(args.config, overrides)
     except ConfigError as e:
@@ -102,7 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail([Problem(args.config or "command line", "routes",
                               "no routes: give --route PREFIX=URL or a config file with routes")])
     redactor = Redactor()
-    setup(args.log_format or ("json" if config.access_log == "json" else "text"), args.log_level, redactor)
+    formatter = setup(args.log_format or "text", args.log_level, redactor,
+                      access=args.log_format or config.access_log)
     raise_open_file_limit()
 
     if args.workers > 1:
@@ -110,8 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         options = ServeOptions(args.config, overrides, watch=args.watch, tap=args.tap, reuse_port=args.reuse_port,
-                               metrics_dir=os.environ.get(workers.MULTIPROC_ENV))
-        await Service(options, config, redactor).run(_announce)
+                               metrics_dir=os.environ.get(workers.MULTIPROC_ENV), log_format=args.log_format)
+        await Service(options, config, redactor, formatter).run(_announce)
 
     return _run(main(), config.listen)
 
@@ -132,22 +133,24 @@ def _supervise(args: argparse.Namespace, listen: str) -> int:
     return _run(main(), listen) or status
 
 
-def route_table(config: Config) -> str:
-    """The resolved routes, one block each, secrets redacted."""
-    lines = [f"listen {config.listen}  public={str(config.public).lower()}  admin={config.admin_prefix}  "
-             f"max_body={config.max_body}  heartbeat={format_duration(config.heartbeat)}"]
-    for i, route in enumerate(config.routes):
+def route_table(snapshot: Snapshot) -> str:
+    """The routes as ``compile_config`` built them (what requests will use), secrets redacted."""
+    config = snapshot.config
+    lines = [f"listen {config.listen}  public={str(config.public).lower()}  admin={snapshot.admin_prefix}  "
+             f"max_body={snapshot.max_body}  access_log={snapshot.access_log}"]
+    if snapshot.trusted_proxies:
+        lines.append(f"trusted_proxies {', '.join(str(n) for n in snapshot.trusted_proxies)}")
+    for i, (route, written) in enumerate(zip(snapshot.routes, config.routes, strict=True)):
         host = route.host or "*"
-        methods = ",".join(route.methods) if route.methods else "*"
-        lines.append(f"[{i}] {route.label}: {host}{route.path} {methods} -> {', '.join(route.upstream)}")
-        connect = route.timeouts.connect if route.timeouts.connect is not None else config.timeouts.connect
-        idle = route.timeouts.idle if route.timeouts.idle is not None else config.timeouts.idle
-        heartbeat = route.heartbeat if route.heartbeat is not None else config.heartbeat
+        methods = ",".join(sorted(route.methods)) if route.methods else "*"
+        upstreams = ", ".join(str(u.with_user(None)) if u.user or u.password else str(u) for u in route.upstreams.urls)
+        lines.append(f"[{i}] {route.label}: {host}{route.prefix} {methods} -> {upstreams}")
         lines.append(f"    strip_prefix={str(route.strip_prefix).lower()} stream={route.stream} "
-                     f"websocket={str(route.websocket).lower()} connect={format_duration(connect)} "
-                     f"idle={format_duration(idle)} heartbeat={format_duration(heartbeat)} "
-                     f"compression={route.upstream_compression or config.upstream_compression}")
-        for label, rules in (("request_headers", route.request_headers), ("response_headers", route.response_headers)):
+                     f"websocket={str(route.websocket).lower()} connect={format_duration(route.timeouts.connect)} "
+                     f"idle={format_duration(route.timeouts.idle)} heartbeat={format_duration(route.heartbeat)} "
+                     f"compression={route.compression} cors={'on' if route.cors is not None else 'off'}")
+        for label, rules in (("request_headers", written.request_headers),
+                             ("response_headers", written.response_headers)):
             shown = {k: v for k, v in dump_for_humans(rules).items() if v}
             if shown:
                 lines.append(f"    {label}: {json.dumps(shown)}")
@@ -160,7 +163,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(e.problems)
     print(f"{args.file}: ok, {len(config.routes)} route{'s' if len(config.routes) != 1 else ''}")
-    print(route_table(config))
+    print(route_table(compile_config(config)))
     return 0
 
 

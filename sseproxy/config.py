@@ -94,11 +94,8 @@ class RequestHeaderRules(Model):
 
 
 class Timeouts(Model):
-    connect: Duration = 10.0
-    idle: Duration = 300.0
+    """Top level: the defaults (10s connect, 300s idle); on a route: unset keys inherit them."""
 
-
-class TimeoutOverrides(Model):
     connect: Duration | None = None
     idle: Duration | None = None
 
@@ -113,6 +110,11 @@ class Cors(Model):
     allow_headers: list[str] = ["*"]
     expose_headers: list[str] = []
     max_age: int = Field(600, ge=0)
+
+    @field_validator("allow_methods")
+    @classmethod
+    def _upper_methods(cls, methods: list[str]) -> list[str]:
+        return [m.strip().upper() for m in methods]
 
     @model_validator(mode="after")
     def _no_wildcard_with_credentials(self) -> Cors:
@@ -159,7 +161,7 @@ class Route(Model):
     stream: Literal["auto", "always", "never"] = "auto"
     request_headers: RequestHeaderRules = RequestHeaderRules()
     response_headers: HeaderRules = HeaderRules()
-    timeouts: TimeoutOverrides = TimeoutOverrides()
+    timeouts: Timeouts = Timeouts()
     heartbeat: Duration | None = None
     cors: CorsSetting = None
     upstream_compression: Compression | None = None
@@ -201,11 +203,22 @@ class Config(Model):
     header_timeout: Duration = 10.0
     inbound_auth: InboundAuth | None = None
     cors: CorsSetting = None
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = Timeouts(connect=10.0, idle=300.0)
     heartbeat: Duration = 15.0
     upstream_compression: Compression = "auto"
     allowed_hosts: list[str] = []
+    trusted_proxies: list[str] = []     # CIDRs whose X-Forwarded-For is kept and appended to
     routes: list[Route] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR such as 10.0.0.0/8") from None
+        return cidrs
 
     @field_validator("listen")
     @classmethod

@@ -55,14 +55,40 @@ def apply_rules(headers: CIMultiDict[str], rules: Rules) -> None:
         headers.add(name, value)
 
 
-def add_forwarded(headers: CIMultiDict[str], client_ip: str | None, proto: str, host: str | None) -> None:
-    """``X-Forwarded-For`` appended to what came in; ``-Proto`` and ``-Host`` describe this hop."""
-    if client_ip:
-        prior = ", ".join(headers.getall("X-Forwarded-For", ()))
-        headers["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
-    headers["X-Forwarded-Proto"] = proto
-    if host:
-        headers["X-Forwarded-Host"] = host
+@dataclass(frozen=True)
+class Hop:
+    """This hop, as the upstream should hear of it: who asked, over what, for which host."""
+
+    client_ip: str | None
+    proto: str
+    host: str | None
+    trusted: bool          # the client is a trusted proxy: its X-Forwarded-For is kept
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """A route's rules for the request headers sent upstream, compiled once."""
+
+    rules: Rules
+    forwarded: bool
+    preserve_host: bool
+    token_header: str | None   # the inbound-auth header, never forwarded
+
+
+FORWARDED_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+
+
+def add_forwarded(headers: CIMultiDict[str], hop: Hop) -> None:
+    """``X-Forwarded-For`` is the client's address, appended to what came in only from a trusted
+    proxy (any other client could claim any address); ``-Proto`` and ``-Host`` describe this hop."""
+    prior = ", ".join(headers.getall("X-Forwarded-For", ())) if hop.trusted else ""
+    for name in FORWARDED_HEADERS:
+        headers.popall(name, None)
+    if hop.client_ip:
+        headers["X-Forwarded-For"] = f"{prior}, {hop.client_ip}" if prior else hop.client_ip
+    headers["X-Forwarded-Proto"] = hop.proto
+    if hop.host:
+        headers["X-Forwarded-Host"] = hop.host
 
 
 def decodable_accept_encoding(value: str) -> str:
@@ -114,25 +140,24 @@ def upstream_accept_encoding(mode: str, client_value: str | None, *, prefer_iden
     return decodable_accept_encoding(client_value) if client_value is not None else None
 
 
-def outbound_request_headers(inbound: Headers, rules: Rules, *, accept_encoding: str | None,
-                             client_ip: str | None, proto: str, host: str | None, forwarded: bool,
-                             preserve_host: bool, token_header: str | None) -> CIMultiDict[str]:
+def outbound_request_headers(inbound: Headers, policy: OutboundPolicy, hop: Hop,
+                             accept_encoding: str | None) -> CIMultiDict[str]:
     """The headers sent upstream: hop-by-hop removal, then ``remove``, then ``set``/``add``."""
     out = without_hop_by_hop(inbound)
     out.popall("Host", None)  # the upstream's, unless preserve_host
     out.popall("Expect", None)  # the proxy answers 100-continue itself
     if "chunked" in inbound.get("Transfer-Encoding", "").lower():
         out.popall("Content-Length", None)  # a chunked body's length is not known up front
-    if token_header is not None:
-        out.popall(token_header, None)
+    if policy.token_header is not None:
+        out.popall(policy.token_header, None)
     out.popall("Accept-Encoding", None)
     if accept_encoding is not None:
         out["Accept-Encoding"] = accept_encoding
-    if forwarded:
-        add_forwarded(out, client_ip, proto, host)
-    if preserve_host and host:
-        out["Host"] = host
-    apply_rules(out, rules)
+    if policy.forwarded:
+        add_forwarded(out, hop)
+    if policy.preserve_host and hop.host:
+        out["Host"] = hop.host
+    apply_rules(out, policy.rules)
     return out
 
 

@@ -1,4 +1,8 @@
-"""Logging set-up: text or JSON lines on stderr, with secrets redacted from every message."""
+"""Logging set-up: text or JSON lines on stderr, with every secret redacted from the final line.
+
+Redaction works on the line as written, after formatting: whatever a message, an extra field, an
+exception's text or a traceback carries, no secret leaves the process.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,10 @@ import time
 from collections.abc import Iterable
 
 
-class Redactor(logging.Filter):
-    """Replaces every known secret in a log message: the last line of defence, not the first."""
+class Redactor:
+    """Replaces every known secret in a line: the last line of defence, not the first."""
 
     def __init__(self, secrets: Iterable[str] = ()):
-        super().__init__()
         self.secrets: tuple[str, ...] = ()
         self.add(secrets)
 
@@ -22,43 +25,52 @@ class Redactor(logging.Filter):
         first, so a secret that contains another is never left half shown."""
         self.secrets = tuple(sorted({*self.secrets, *(s for s in secrets if s)}, key=len, reverse=True))
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            redacted = message
-            for secret in self.secrets:
-                redacted = redacted.replace(secret, "<redacted>")
-            if redacted != message:
-                record.msg, record.args = redacted, None
-        return True
+    def __call__(self, line: str) -> str:
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, "<redacted>")
+        return line
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        else:
-            out["message"] = record.getMessage()
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup(fmt: str, level: str, redactor: Redactor) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(redactor)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+def _json_line(record: logging.LogRecord, formatter: logging.Formatter) -> str:
+    out: dict[str, object] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "pid": record.process,
+    }
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, dict):
+        out.update(fields)
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        out["message"] = record.getMessage()
+    if record.exc_info:
+        out["exception"] = formatter.formatException(record.exc_info)
+    return json.dumps(out)
+
+
+class LineFormatter(logging.Formatter):
+    """Text or JSON per line: ``general`` (``--log-format``) for the proxy's own lines, ``access``
+    (the ``access_log`` key, which a reload may change) for the access log; redacted last."""
+
+    def __init__(self, general: str, access: str, redactor: Redactor):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.general = general
+        self.access = access
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        style = self.access if record.name == "sseproxy.access" else self.general
+        line = _json_line(record, self) if style == "json" else super().format(record)
+        return self.redactor(line)
+
+
+def setup(fmt: str, level: str, redactor: Redactor, access: str = "text") -> LineFormatter:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = LineFormatter(fmt, access if access != "off" else "text", redactor)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return formatter

@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .accesslog import RequestRecord
+from .errors import Outcome
+
+UPSTREAM_FAILURES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.TIMEOUT})
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -24,8 +27,8 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("sseproxy_requests", "Requests by route, method and status",
-                                ["route", "method", "status"], registry=r)
+        self.requests = Counter("sseproxy_requests", "Requests by route, method, status and outcome",
+                                ["route", "method", "status", "outcome"], registry=r)
         self.active_streams = Gauge("sseproxy_active_streams", "Streams being relayed now", ["route"], registry=r,
                                     multiprocess_mode="livesum")
         self.ttfb = Histogram("sseproxy_time_to_first_byte_seconds", "Time to the upstream's response headers",
@@ -43,7 +46,7 @@ class Metrics:
 
     def observe(self, record: RequestRecord) -> None:
         route = record.route or "-"
-        self.requests.labels(route, record.method, str(record.status)).inc()
+        self.requests.labels(route, record.method, str(record.status), record.outcome.value).inc()
         if record.ttfb is not None:
             self.ttfb.labels(route).observe(record.ttfb)
         if record.ttfe is not None:
@@ -54,10 +57,10 @@ class Metrics:
             self.bytes.labels(route).inc(record.bytes)
         if record.heartbeats:
             self.heartbeats.labels(route).inc(record.heartbeats)
-        if record.outcome == "client_closed":
+        if record.outcome is Outcome.CLIENT_CLOSED:
             self.client_hangups.labels(route).inc()
-        if record.error_type is not None and record.error_type.startswith(("upstream", "shutdown")):
-            self.upstream_errors.labels(route, record.error_type).inc()
+        if record.outcome in UPSTREAM_FAILURES:
+            self.upstream_errors.labels(route, record.error_type or record.outcome.value).inc()
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:

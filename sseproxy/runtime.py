@@ -1,23 +1,32 @@
 """A config compiled once into the objects a request uses, and the live state a reload swaps.
 
-A ``Snapshot`` is immutable: each request takes the current one when it starts and keeps it, so
-a reload applies to new requests while streams in flight carry on with the routes they started on.
+The request path reads no pydantic model: routes, CORS, timeouts, auth, trusted proxies and the
+allowed hosts are compiled here. A ``Snapshot`` is immutable: each request takes the current one
+when it starts and keeps it, so a reload applies to new requests while streams in flight carry on
+with the routes they started on.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from yarl import URL
 
-from .config import Config, Cors, HeaderRules, RequestHeaderRules, Route, is_loopback_host
-from .headers import Rules, is_local_host, rewrite_location
+from .config import Config, HeaderRules, RequestHeaderRules, Route, is_loopback_host
+from .cors import CorsPolicy, compile_cors
+from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
+from .hooks import HookFactory
 from .metrics import Metrics
+from .registry import Registry
 from .routing import RoundRobin, join_path
-from .streaming import Streams
-from .tap import Tap
 from .upstream import Origin, Pools, Timeouts, origin_of
+
+DEFAULT_CONNECT = 10.0
+DEFAULT_IDLE = 300.0
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,17 +39,16 @@ class RouteRuntime:
     methods: frozenset[str] | None
     upstreams: RoundRobin
     strip_prefix: bool
-    preserve_host: bool
-    forwarded: bool
     websocket: bool
-    stream: str
-    request_rules: Rules
+    stream: str                    # auto | always | never
+    outbound: OutboundPolicy
     response_rules: Rules
     timeouts: Timeouts
     heartbeat: float
-    cors: Cors | None
-    compression: str
-    local_upstream: bool  # any upstream on loopback, a private address or a dotless name
+    cors: CorsPolicy | None
+    compression: str               # auto | pass | identity
+    local_upstream: bool           # any upstream on loopback, a private address or a dotless name
+    hooks: tuple[HookFactory, ...] = ()   # this route's features (recording, resume, usage...)
 
     def rewrite_location(self, value: str) -> str:
         bases = [(f"{u.scheme}://{u.raw_authority}", u.raw_path if u.raw_path != "/" else "")
@@ -49,6 +57,12 @@ class RouteRuntime:
 
     def upstream_path(self, base: URL, path: str) -> str:
         return join_path(base.raw_path if base.raw_path != "/" else "", self.prefix, path, self.strip_prefix)
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    header: str
+    tokens: tuple[bytes, ...]      # compared in constant time
 
 
 @dataclass(eq=False)
@@ -60,11 +74,15 @@ class InFlight:
 
 @dataclass(frozen=True)
 class Snapshot:
-    config: Config
+    config: Config                     # what the user wrote: for `check` and reloads, not for requests
     routes: list[RouteRuntime]
     origins: frozenset[Origin]         # the upstream pools its routes use
     allowed_hosts: frozenset[str]      # exact hosts (lower case, without port); "*" allows any
-    tokens: tuple[bytes, ...]          # inbound tokens, compared in constant time
+    auth: AuthPolicy | None
+    trusted_proxies: tuple[IpNetwork, ...]
+    admin_prefix: str
+    max_body: int
+    access_log: str                    # text | json | off
     secrets: tuple[str, ...]           # every injected value and token: never to be shown
     in_flight: InFlight = field(default_factory=InFlight, compare=False)
 
@@ -72,6 +90,15 @@ class Snapshot:
         if "*" in self.allowed_hosts or host in self.allowed_hosts:
             return True
         return "*.localhost" in self.allowed_hosts and host.endswith(".localhost")
+
+    def trusted(self, client: str | None) -> bool:
+        if not self.trusted_proxies or not client:
+            return False
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
 
 
 def _request_rules(rules: RequestHeaderRules) -> Rules:
@@ -84,8 +111,15 @@ def _response_rules(rules: HeaderRules) -> Rules:
     return Rules(remove=tuple(rules.remove), set=tuple(rules.set.items()), add=tuple(rules.add.items()))
 
 
+def _timeouts(route: Route, config: Config) -> Timeouts:
+    def pick(own: float | None, default: float | None, builtin: float) -> float:
+        return own if own is not None else default if default is not None else builtin
+
+    return Timeouts(connect=pick(route.timeouts.connect, config.timeouts.connect, DEFAULT_CONNECT),
+                    idle=pick(route.timeouts.idle, config.timeouts.idle, DEFAULT_IDLE))
+
+
 def _compile_route(route: Route, config: Config) -> RouteRuntime:
-    cors = route.cors if route.cors is not None else config.cors
     return RouteRuntime(
         label=route.label,
         prefix=route.path,
@@ -93,18 +127,16 @@ def _compile_route(route: Route, config: Config) -> RouteRuntime:
         methods=frozenset(route.methods) if route.methods is not None else None,
         upstreams=RoundRobin(tuple(URL(u) for u in route.upstream)),
         strip_prefix=route.strip_prefix,
-        preserve_host=route.preserve_host,
-        forwarded=route.forwarded,
         websocket=route.websocket,
         stream=route.stream,
-        request_rules=_request_rules(route.request_headers),
+        outbound=OutboundPolicy(
+            rules=_request_rules(route.request_headers), forwarded=route.forwarded,
+            preserve_host=route.preserve_host,
+            token_header=config.inbound_auth.header if config.inbound_auth is not None else None),
         response_rules=_response_rules(route.response_headers),
-        timeouts=Timeouts(
-            connect=route.timeouts.connect if route.timeouts.connect is not None else config.timeouts.connect,
-            idle=route.timeouts.idle if route.timeouts.idle is not None else config.timeouts.idle,
-        ),
+        timeouts=_timeouts(route, config),
         heartbeat=route.heartbeat if route.heartbeat is not None else config.heartbeat,
-        cors=cors if cors is not None and cors.enabled else None,
+        cors=compile_cors(route.cors if route.cors is not None else config.cors),
         compression=route.upstream_compression or config.upstream_compression,
         local_upstream=any(is_local_host(urlsplit(u).hostname or "") for u in route.upstream),
     )
@@ -123,26 +155,33 @@ def _allowed_hosts(config: Config) -> frozenset[str]:
 def compile_config(config: Config) -> Snapshot:
     routes = [_compile_route(r, config) for r in config.routes]
     tokens = tuple(t.get_secret_value() for t in config.inbound_auth.tokens) if config.inbound_auth else ()
-    secrets = {s for r in routes for s in r.request_rules.secret_values()} | set(tokens)
+    secrets = {s for r in routes for s in r.outbound.rules.secret_values()} | set(tokens)
+    auth = (AuthPolicy(config.inbound_auth.header, tuple(t.encode() for t in tokens))
+            if config.inbound_auth is not None else None)
     return Snapshot(
         config=config,
         routes=routes,
         origins=frozenset(origin_of(u) for r in routes for u in r.upstreams.urls),
         allowed_hosts=_allowed_hosts(config),
-        tokens=tuple(t.encode() for t in tokens),
+        auth=auth,
+        trusted_proxies=tuple(ipaddress.ip_network(c, strict=False) for c in config.trusted_proxies),
+        admin_prefix=config.admin_prefix,
+        max_body=config.max_body,
+        access_log=config.access_log,
         secrets=tuple(secrets),
     )
 
 
 @dataclass
 class Runtime:
-    """What lives as long as the server: the current snapshot and the upstream pools."""
+    """What lives as long as the server: the current snapshot, the upstream pools, the exchanges
+    in flight and the process-wide hooks (``--tap``)."""
 
     snapshot: Snapshot
     pools: Pools = field(default_factory=Pools)
     metrics: Metrics = field(default_factory=Metrics)
-    streams: Streams = field(default_factory=Streams)
-    tap: Tap | None = None
+    streams: Registry = field(default_factory=Registry)
+    hooks: Sequence[HookFactory] = ()
     draining: bool = False
     retiring: list[Snapshot] = field(default_factory=list)  # replaced, with requests still in flight
 

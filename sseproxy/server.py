@@ -1,82 +1,22 @@
 """The listening server: aiohttp's low-level ``Server`` (every request target reaches the proxy's
 handler, none is normalised away by a router), with handler cancellation on client hang-up and a
-deadline for the request head, so a slowloris client is closed while others keep being served.
+deadline for the request head (``aiohttp_internals.ProxyServer``), so a slowloris client is closed
+while others keep being served; and the graceful stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from .accesslog import AccessLog
+from .aiohttp_internals import ProxyServer
 from .proxy import ProxyHandler
 from .runtime import Runtime
 
 log = logging.getLogger("sseproxy")
-
-
-class HeadDeadlineProtocol(RequestHandler):
-    """Closes a connection whose request head has not fully arrived within ``header_timeout``.
-
-    The deadline is armed when the connection opens and again when a response ends (waiting for
-    the next request on a kept-alive connection); the handler disarms it when a head is complete.
-    """
-
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any):
-        super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
-        self._deadline: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.arm_head_deadline()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.head_received()
-        super().connection_lost(exc)
-
-    def arm_head_deadline(self) -> None:
-        self.head_received()
-        if self._header_timeout > 0:
-            self._deadline = self._loop.call_later(self._header_timeout, self._head_too_slow)
-
-    def head_received(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _head_too_slow(self) -> None:
-        self._deadline = None
-        if self.transport is not None:
-            log.debug("closing a connection whose request head took over %ss", self._header_timeout)
-            self.transport.close()
-
-
-class ProxyServer(web.Server):
-    """``web.Server`` whose connections get a head deadline and whose handlers are cancelled when
-    the client hangs up (without that, a handler waiting on a silent upstream never learns)."""
-
-    def __init__(self, handler: ProxyHandler, header_timeout: float, **kwargs: Any):
-        super().__init__(self._serve, handler_cancellation=True, access_log=None, **kwargs)
-        self._proxy = handler
-        self._header_timeout = header_timeout
-
-    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
-        protocol = request.protocol
-        if isinstance(protocol, HeadDeadlineProtocol):
-            protocol.head_received()
-        try:
-            return await self._proxy(request)
-        finally:
-            if isinstance(protocol, HeadDeadlineProtocol) and request.transport is not None:
-                protocol.arm_head_deadline()
-
-    def __call__(self) -> RequestHandler:
-        return HeadDeadlineProtocol(self, loop=self._loop, header_timeout=self._header_timeout, **self._kwargs)
 
 
 class Listener:

@@ -13,7 +13,7 @@ from .accesslog import AccessLog
 from .config import Config
 from .errors import ConfigError
 from .loader import Overrides, load
-from .logs import Redactor
+from .logs import LineFormatter, Redactor
 from .metrics import Metrics
 from .runtime import Runtime, compile_config
 from .server import Listener
@@ -30,6 +30,7 @@ class ServeOptions:
     tap: bool = False
     reuse_port: bool = False               # a worker of --workers N
     metrics_dir: str | None = None         # prometheus-client multiprocess directory, with --workers
+    log_format: str | None = None          # --log-format: every line, the access log's too, whatever the file says
 
 
 def ready_line(host: str, port: int, routes: int) -> str:
@@ -38,16 +39,24 @@ def ready_line(host: str, port: int, routes: int) -> str:
 
 
 class Service:
-    def __init__(self, options: ServeOptions, config: Config, redactor: Redactor):
+    def __init__(self, options: ServeOptions, config: Config, redactor: Redactor,
+                 formatter: LineFormatter | None = None):
         self.options = options
         self.redactor = redactor
+        self.formatter = formatter
         snapshot = compile_config(config)
         redactor.add(snapshot.secrets)
-        self.runtime = Runtime(snapshot, tap=Tap() if options.tap else None,
+        self.runtime = Runtime(snapshot, hooks=(Tap(redact=redactor),) if options.tap else (),
                                metrics=Metrics(options.metrics_dir))
-        self.listener = Listener(self.runtime, AccessLog(enabled=config.access_log != "off"),
-                                 reuse_port=options.reuse_port)
+        self.access_log = AccessLog(enabled=config.access_log != "off")
+        self.listener = Listener(self.runtime, self.access_log, reuse_port=options.reuse_port)
         self._stop = asyncio.Event()
+
+    def _apply_access_log(self, mode: str) -> None:
+        """``access_log`` applies at once, also on reload: on or off, and its line format."""
+        self.access_log.enabled = mode != "off"
+        if self.formatter is not None and mode != "off" and self.options.log_format is None:
+            self.formatter.access = mode
 
     def reload(self) -> bool:
         """Apply a valid new config to new requests; keep the old one when the new one is invalid."""
@@ -60,6 +69,7 @@ class Service:
         snapshot = compile_config(config)
         self.redactor.add(snapshot.secrets)
         self.runtime.swap(snapshot)
+        self._apply_access_log(snapshot.access_log)
         self.runtime.metrics.reloads.labels("ok").inc()
         log.info("config reloaded: %d routes", len(snapshot.routes))
         return True

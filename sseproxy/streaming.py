@@ -1,92 +1,122 @@
-"""The relay loop: read what arrived, decode, frame, write each whole frame at once.
+"""The relay: read what arrived, decode, frame, write each whole frame at once.
 
 Each ``await write()`` goes out immediately and waits only when the client's socket buffer is
 full, which is where backpressure comes from: the upstream is not read while the client lags.
-Heartbeats are written by a side task, only while the client sits between whole events.
+What to do when time passes (heartbeat, idle) and how to end is ``relay_policy``'s decision; this
+module only carries it out. Features see the frames through the exchange's hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextlib
 
 import aiohttp
 from aiohttp import web
 
-from .decoding import DecodeError, Decoder
-from .errors import ShuttingDown, UpstreamError
-from .framing import Framer
+from .aiohttp_internals import fail_body_when_connection_drops, stop_read_timeout
+from .decoding import DecodeError
+from .errors import ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
+from .exchange import Exchange
+from .plan import StreamPlan
+from .relay_policy import HEARTBEAT, Ending, RelayPolicy, Tick, ending
 from .upstream import mid_stream_error
-
-HEARTBEAT = b": keep-alive\n\n"
 
 
 class ClientClosed(ConnectionError):
     """The client went away while the proxy was writing to it."""
 
 
-@dataclass
-class RelayStats:
-    bytes: int = 0
-    events: int = 0
-    heartbeats: int = 0
-    first_event_at: float | None = None
-
-
-def error_frame(error_type: str, message: str) -> bytes:
-    data = json.dumps({"error": {"type": error_type, "message": message}})
-    return f"event: error\ndata: {data}\n\n".encode()
-
-
 class Relay:
-    """Moves one upstream body to one client response; raises ``UpstreamError`` or ``ClientClosed``."""
+    """Moves one upstream body to one client response, then ends it as the policy says."""
 
-    def __init__(self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, *,
-                 framer: Framer | None, decoder: Decoder | None, heartbeat: float, idle: float,
-                 on_frames: Callable[[bytes], None] | None = None):
+    def __init__(self, exchange: Exchange, upstream: aiohttp.ClientResponse, response: web.StreamResponse,
+                 plan: StreamPlan):
+        route = exchange.matched
+        self._exchange = exchange
         self._upstream = upstream
         self._response = response
-        self.framer = framer
-        self._decoder = decoder
-        self._heartbeat = heartbeat
-        self._idle = idle
-        self._on_frames = on_frames
+        self._plan = plan
+        self._hooks = exchange.hooks
+        self.framer = plan.framer()
         self._loop = asyncio.get_running_loop()
-        self._last_write = self._loop.time()
-        self.stats = RelayStats()
-        self.stopping = False
-
-    def stop(self) -> None:
-        """End this stream for shutdown: the pending read fails and ``run`` raises ``ShuttingDown``."""
-        self.stopping = True
-        self._upstream.close()
-
-    async def run(self) -> None:
-        beats = asyncio.create_task(self._beat()) if self._heartbeat > 0 else None
-        try:
-            await self._pump()
-        finally:
-            if beats is not None:
-                beats.cancel()
+        now = self._loop.time()
+        self.policy = RelayPolicy(heartbeat=route.heartbeat if plan.sse else 0.0,
+                                  idle=route.timeouts.idle, last_read=now, last_write=now)
+        self._failure: ProxyError | None = None
+        self.bytes = self.heartbeats = 0
+        self.first_event_at: float | None = None
 
     @property
     def between_frames(self) -> bool:
         return self.framer is None or not self.framer.mid_frame
 
+    @property
+    def events(self) -> int:
+        return self.framer.frames if self.framer is not None else 0
+
+    def stop(self) -> None:
+        """End this stream for shutdown: the pending read fails and the stream ends with a
+        ``shutdown`` error event."""
+        self._fail(ShuttingDown("sseproxy is shutting down"))
+
+    def _fail(self, failure: ProxyError) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._upstream.close()  # the pending read fails at once
+
+    async def run(self) -> Ending:
+        """Relay to the end; returns how it ended, after carrying that out (error frame, close)."""
+        fail_body_when_connection_drops(self._upstream)
+        stop_read_timeout(self._upstream)
+        watch = asyncio.create_task(self._watch()) if self.policy.deadline() is not None else None
+        client_left = False
+        try:
+            await self._pump()
+            try:
+                await self._response.write_eof()
+            except ConnectionError as exc:
+                raise ClientClosed(str(exc)) from exc
+        except ClientClosed:
+            client_left = True
+        except ProxyError as error:
+            self._failure = self._failure or error
+        except asyncio.CancelledError:  # the client hung up: the handler is cancelled
+            self._upstream.close()
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
+            self._fill_record()
+        end = ending(self._failure, client_left=client_left, sse=self._plan.sse, between_frames=self.between_frames)
+        await self._carry_out(end)
+        return end
+
+    async def _carry_out(self, end: Ending) -> None:
+        if end.error_frame is not None:
+            with contextlib.suppress(ClientClosed):
+                await self._write(end.error_frame)
+        if end.truncate:
+            transport = self._exchange.request.transport
+            if transport is not None:
+                transport.close()  # without the final chunk: a truncated transfer
+        if end.release:
+            self._upstream.release()  # read to the end: the connection goes back to the pool
+        else:
+            self._upstream.close()  # cancels the upstream request at once: no tokens generated for nobody
+
     async def _pump(self) -> None:
         read = self._upstream.content.readany
-        decoder = self._decoder
+        decoder = self._plan.decoder
+        policy, loop = self.policy, self._loop
         while True:
             try:
                 chunk = await read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if self.stopping:
-                    raise ShuttingDown("sseproxy is shutting down") from exc
-                raise mid_stream_error(exc, self._idle) from exc
+                raise self._failure or mid_stream_error(exc, policy.idle) from exc
             if not chunk:
                 break
+            policy.read(loop.time())
             if decoder is None:
                 await self._emit(chunk)
                 continue
@@ -95,6 +125,8 @@ class Relay:
                     await self._emit(piece)
             except DecodeError as exc:
                 raise UpstreamError(str(exc)) from exc
+        if self._failure is not None:  # a read that ended because the policy failed the stream
+            raise self._failure
         try:
             tail = decoder.flush() if decoder is not None else b""
         except DecodeError as exc:
@@ -103,75 +135,56 @@ class Relay:
             await self._emit(tail)
         rest = self.framer.flush() if self.framer is not None else b""
         if rest:
-            await self.write(rest)  # an incomplete last frame, passed on as the upstream ended it
+            await self._send(rest)  # an incomplete last frame, passed on as the upstream ended it
 
     async def _emit(self, piece: bytes) -> None:
         framer = self.framer
         if framer is None:
-            await self.write(piece)
+            await self._send(piece)
             return
         out = framer.feed(piece)
         if out:
-            if self.stats.first_event_at is None and framer.frames:
-                self.stats.first_event_at = self._loop.time()
-            self.stats.events = framer.frames
-            await self.write(out)
-            if self._on_frames is not None:
-                self._on_frames(out)
+            if self.first_event_at is None and framer.frames:
+                self.first_event_at = self._loop.time()
+            await self._send(out)
 
-    async def write(self, data: bytes) -> None:
-        self._last_write = self._loop.time()
-        self.stats.bytes += len(data)
+    async def _send(self, data: bytes) -> None:
+        """Body data from the upstream: written, then shown to the hooks."""
+        await self._write(data)
+        for hook in self._hooks:
+            hook.data(data, self.policy.last_write)
+
+    async def _write(self, data: bytes) -> None:
+        self.policy.wrote(self._loop.time())
+        self.bytes += len(data)
         try:
             await self._response.write(data)
         except ConnectionError as exc:
             raise ClientClosed(str(exc)) from exc
 
-    async def _beat(self) -> None:
-        """Write ``: keep-alive`` after ``heartbeat`` of silence toward the client."""
-        while True:
-            due = self._last_write + self._heartbeat - self._loop.time()
-            if due > 0:
-                await asyncio.sleep(due)
-                continue
-            if not self.between_frames:
-                await asyncio.sleep(self._heartbeat)
-                continue
-            try:
-                await self.write(HEARTBEAT)
-            except ClientClosed:
+    async def _watch(self) -> None:
+        """Wake at the policy's deadline and do what it says: a heartbeat or an idle failure."""
+        policy, loop = self.policy, self._loop
+        while (deadline := policy.deadline()) is not None:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            tick = policy.tick(loop.time(), self.between_frames)
+            if tick is Tick.HEARTBEAT:
+                try:
+                    await self._write(HEARTBEAT)
+                except ClientClosed:
+                    return
+                self.heartbeats += 1
+            elif tick is Tick.IDLE:
+                self._fail(UpstreamIdle(f"upstream sent nothing for {policy.idle:g}s"))
                 return
-            self.stats.heartbeats += 1
+
+    def _fill_record(self) -> None:
+        record = self._exchange.record
+        record.bytes, record.events, record.heartbeats = self.bytes, self.events, self.heartbeats
+        if self._failure is not None:
+            record.error, record.error_type = self._failure.message, self._failure.type
+        if self.first_event_at is not None:
+            record.ttfe = self.first_event_at - record.started
 
 
-class Streams:
-    """The streams being relayed now, so that shutdown can wait for them and then end the rest."""
-
-    def __init__(self) -> None:
-        self._relays: set[Relay] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def __len__(self) -> int:
-        return len(self._relays)
-
-    def add(self, relay: Relay) -> None:
-        self._relays.add(relay)
-        self._idle.clear()
-
-    def discard(self, relay: Relay) -> None:
-        self._relays.discard(relay)
-        if not self._relays:
-            self._idle.set()
-
-    async def drain(self, grace: float) -> int:
-        """Wait up to ``grace`` for streams to end; stop the rest. Returns how many were stopped."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace)
-            return 0
-        except TimeoutError:
-            relays = list(self._relays)
-            for relay in relays:
-                relay.stop()
-            await asyncio.wait_for(self._idle.wait(), 5.0)
-            return len(relays)
+__all__ = ["ClientClosed", "Relay", "UpstreamError"]

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -116,15 +116,36 @@ def mapped_errors(url: URL, timeouts: Timeouts) -> Iterator[None]:
         raise UpstreamUnavailable(f"{where} failed before responding: {e.__class__.__name__}") from None
 
 
-async def with_failover(upstreams: RoundRobin, path_for: Callable[[URL], str], query: str, timeouts: Timeouts,
+class UpstreamTarget(Protocol):
+    """What sending needs of a route; ``runtime.RouteRuntime`` has it."""
+
+    @property
+    def upstreams(self) -> RoundRobin: ...
+    @property
+    def timeouts(self) -> Timeouts: ...
+    def upstream_path(self, base: URL, path: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    """The request as it goes upstream: built from the inbound one, which is never mutated."""
+
+    method: str
+    path: str                           # the matched inbound path; the route maps it per upstream
+    query: str                          # raw, without "?"
+    headers: CIMultiDict[str]
+    body: AsyncIterable[bytes] | None
+
+
+async def with_failover(target: UpstreamTarget, path: str, query: str,
                         attempt: Callable[[URL, URL], Awaitable[T]]) -> T:
     """``attempt(base, url)`` on the route's next upstream, trying the others only while connecting
     fails (nothing was sent yet); any other failure is final."""
     last: UpstreamConnectError | UpstreamConnectTimeout | None = None
-    for base in upstreams.order():
-        url = upstream_url(base, path_for(base), query)
+    for base in target.upstreams.order():
+        url = upstream_url(base, target.upstream_path(base, path), query)
         try:
-            with mapped_errors(url, timeouts):
+            with mapped_errors(url, target.timeouts):
                 return await attempt(base, url)
         except (UpstreamConnectError, UpstreamConnectTimeout) as error:
             last = error
@@ -132,18 +153,17 @@ async def with_failover(upstreams: RoundRobin, path_for: Callable[[URL], str], q
     raise last
 
 
-async def send(pools: Pools, upstreams: RoundRobin, path_for: Callable[[URL], str], *, method: str,
-               query: str, headers: CIMultiDict[str], body: AsyncIterable[bytes] | None,
-               timeouts: Timeouts) -> aiohttp.ClientResponse:
+async def send(pools: Pools, target: UpstreamTarget, out: OutboundRequest) -> aiohttp.ClientResponse:
     """Send the request upstream; the response headers have arrived when this returns."""
+    timeout = target.timeouts.client_timeout()
 
     async def attempt(base: URL, url: URL) -> aiohttp.ClientResponse:
         return await pools.session(base).request(
-            method, url, headers=headers, data=body, allow_redirects=False,
-            timeout=timeouts.client_timeout(), compress=None, chunked=None,
+            out.method, url, headers=out.headers, data=out.body, allow_redirects=False,
+            timeout=timeout, compress=None, chunked=None,
         )
 
-    return await with_failover(upstreams, path_for, query, timeouts, attempt)
+    return await with_failover(target, out.path, out.query, attempt)
 
 
 def mid_stream_error(exc: BaseException, idle: float) -> UpstreamError:
@@ -153,23 +173,3 @@ def mid_stream_error(exc: BaseException, idle: float) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamError("upstream response was cut off or badly framed")
     return UpstreamError(f"upstream connection failed: {exc.__class__.__name__}")
-
-
-def fail_body_when_connection_drops(response: aiohttp.ClientResponse) -> None:
-    """Make a body read fail if the upstream connection is lost before the body ended.
-
-    aiohttp closes the connection on a malformed chunk but leaves the body reader waiting for
-    ever (and drops the read timeout); this ends that wait with ``ClientPayloadError``.
-    """
-    protocol = response.connection.protocol if response.connection is not None else None
-    closed = protocol.closed if protocol is not None else None
-    content = response.content
-
-    def on_closed(future: asyncio.Future[None]) -> None:
-        if not future.cancelled():
-            future.exception()  # retrieved: the body reader reports the failure instead
-        if not content.is_eof() and content.exception() is None:
-            content.set_exception(aiohttp.ClientPayloadError("upstream connection lost mid-body"))
-
-    if closed is not None:
-        closed.add_done_callback(on_closed)

@@ -7,17 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict
 from yarl import URL
 
 from .errors import UpstreamUnavailable
 from .headers import Headers
-from .routing import RoundRobin
-from .upstream import Pools, Timeouts, with_failover
+from .upstream import OutboundRequest, Pools, UpstreamTarget, with_failover
 
 log = logging.getLogger("sseproxy")
 
@@ -37,10 +34,10 @@ def subprotocols(headers: Headers) -> list[str]:
     return [p.strip() for v in headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",") if p.strip()]
 
 
-async def connect(pools: Pools, upstreams: RoundRobin, path_for: Callable[[URL], str], *, query: str,
-                  headers: CIMultiDict[str], protocols: list[str],
-                  timeouts: Timeouts) -> aiohttp.ClientWebSocketResponse:
+async def connect(pools: Pools, target: UpstreamTarget, out: OutboundRequest, *,
+                  protocols: list[str]) -> aiohttp.ClientWebSocketResponse:
     """The upstream WebSocket, trying the next upstream while connecting fails."""
+    headers = out.headers
     for name in HANDSHAKE_HEADERS:
         headers.popall(name, None)
 
@@ -52,7 +49,7 @@ async def connect(pools: Pools, upstreams: RoundRobin, path_for: Callable[[URL],
         except aiohttp.WSServerHandshakeError as e:
             raise UpstreamUnavailable(f"upstream refused the WebSocket handshake with {e.status}") from None
 
-    return await with_failover(upstreams, path_for, query, timeouts, attempt)
+    return await with_failover(target, out.path, out.query, attempt)
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse

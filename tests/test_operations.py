@@ -63,8 +63,11 @@ async def test_metrics_after_known_traffic() -> None:
                 break
             await asyncio.sleep(0.05)
         gate.release(None)
-    assert metric(after, "sseproxy_requests_total", route="echo", method="GET", status="200") == 3
-    assert metric(after, "sseproxy_requests_total", route="dead", method="GET", status="502") == 1
+    assert metric(after, "sseproxy_requests_total", route="echo", method="GET", status="200", outcome="ok") == 3
+    assert metric(after, "sseproxy_requests_total", route="dead", method="GET", status="502",
+                  outcome="upstream_error") == 1
+    assert metric(after, "sseproxy_requests_total", route="chat", method="GET", status="200",
+                  outcome="client_closed") == 1
     assert metric(after, "sseproxy_upstream_errors_total", route="dead", type="upstream_unavailable") == 1
     assert metric(after, "sseproxy_events_relayed_total", route="chat") == 3
     assert metric(after, "sseproxy_active_streams", route="chat") == 0  # back to zero
@@ -232,10 +235,10 @@ async def test_two_workers_both_serve_one_port_and_metrics_count_both() -> None:
             resp.close()
         for _ in range(100):  # bounded: until every request has been counted (after its response)
             text = await scrape(url)
-            if metric(text, "sseproxy_requests_total", route="/api", method="GET", status="200") == 40:
+            if metric(text, "sseproxy_requests_total", route="/api", method="GET", status="200", outcome="ok") == 40:
                 break
             await asyncio.sleep(0.05)
-        assert metric(text, "sseproxy_requests_total", route="/api", method="GET", status="200") == 40
+        assert metric(text, "sseproxy_requests_total", route="/api", method="GET", status="200", outcome="ok") == 40
         stream = await raw_request(url, "GET", "/live", {})
         gate.release(b"data: 1\n\n")
         assert await stream.next_chunk() == b"data: 1\n\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from helpers import WAIT, free_port, raw_request, raw_server, read_head, running_app
 from procs import run_cli, sseproxy_process
@@ -98,12 +99,28 @@ routes:
 
 
 def test_a_secret_containing_another_is_redacted_whole_after_a_reload() -> None:
-    import logging
-
     from sseproxy.logs import Redactor
 
     redactor = Redactor(["sk-live"])
     redactor.add(["sk-live-0123456789"])  # the reloaded config's key extends the old one
-    record = logging.LogRecord("t", logging.INFO, __file__, 1, "key %s", ("sk-live-0123456789",), None)
-    redactor.filter(record)
-    assert record.getMessage() == "key <redacted>"
+    assert redactor("key sk-live-0123456789") == "key <redacted>"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_final_log_line_is_redacted_whatever_field_or_traceback_carries_the_secret(fmt: str) -> None:
+    """Not only the message: extra fields in JSON lines, exception text and tracebacks too."""
+    import logging
+
+    from sseproxy.logs import LineFormatter, Redactor
+
+    formatter = LineFormatter(fmt, fmt, Redactor(["sk-live-0123456789"]))
+    try:
+        raise ValueError("bad header value 'Bearer sk-live-0123456789\x01'")
+    except ValueError:
+        import sys
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("sseproxy.access", logging.INFO, __file__, 1, "plain", (), exc_info)
+    record.fields = {"error": "token sk-live-0123456789 refused"}
+    line = formatter.format(record)
+    assert "sk-live" not in line and "<redacted>" in line
+    assert "ValueError" in line  # the traceback is still there, only the secret is gone

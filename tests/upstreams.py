@@ -62,6 +62,7 @@ def echo_app(seen: list[dict[str, Any]] | None = None) -> web.Application:
             size += len(chunk)
         info = {"method": request.method, "path": request.raw_path.partition("?")[0],
                 "query": request.raw_path.partition("?")[2], "headers": dict(request.headers), "body_size": size,
+                "header_list": [[k, v] for k, v in request.headers.items()],
                 "host": request.headers.get("Host")}
         if seen is not None:
             seen.append(info)
