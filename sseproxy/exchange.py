@@ -75,6 +75,7 @@ class Exchange:
         record.outcome, record.error, record.error_type = error.outcome, error.message, error.type
         if self.route is not None and error.route is None:
             error.route = self.route.label
+        record.route = record.route or error.route
         headers: CIMultiDict[str] = CIMultiDict(error.headers)
         if self.route is not None and self.route.cors is not None:
             cors.decorate(self.route.cors, self.origin, headers)

@@ -39,8 +39,8 @@ class Registry:
         if not self._items:
             self._idle.set()
 
-    async def drain(self, grace: float) -> int:
-        """Wait up to ``grace`` for streams to end; stop the rest and give them ``STOP_WAIT`` to
+    async def drain(self, grace: float, stop_wait: float = STOP_WAIT) -> int:
+        """Wait up to ``grace`` for streams to end; stop the rest and give them ``stop_wait`` to
         close. Returns how many were stopped. Never raises: shutdown must go on to close the
         server and the pools whatever a stream does."""
         try:
@@ -52,7 +52,7 @@ class Registry:
         for item in stopped:
             item.stop()
         try:
-            await asyncio.wait_for(self._idle.wait(), STOP_WAIT)
+            await asyncio.wait_for(self._idle.wait(), stop_wait)
         except TimeoutError:
-            log.warning("%d stream(s) did not close within %gs of being stopped", len(self._items), STOP_WAIT)
+            log.warning("%d stream(s) did not close within %gs of being stopped", len(self._items), stop_wait)
         return len(stopped)

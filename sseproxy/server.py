@@ -29,6 +29,7 @@ class Listener:
         self.runner = web.ServerRunner(self.server, handle_signals=False)
         self.reuse_port = reuse_port
         self.site: web.TCPSite | None = None
+        self._stopped = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         await self.runner.setup()
@@ -42,6 +43,9 @@ class Listener:
         """Stop gracefully within ``shutdown_grace``: stop accepting (health turns 503 for connections
         still open), let streams finish, end those still open with a ``shutdown`` error event between
         events, give other requests what is left of the grace, then close the upstream pools."""
+        if self._stopped:
+            return
+        self._stopped = True
         loop = asyncio.get_running_loop()
         grace = self.runtime.snapshot.config.shutdown_grace
         deadline = loop.time() + grace

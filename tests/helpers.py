@@ -75,16 +75,23 @@ async def read_head(reader: asyncio.StreamReader) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(config: dict[str, Any]) -> AsyncIterator[tuple[str, Runtime]]:
-    """The proxy, in this process, listening on a real port; yields its base URL and runtime."""
+async def running_listener(config: dict[str, Any]) -> AsyncIterator[tuple[str, Listener]]:
+    """The proxy, in this process, listening on a real port; yields its base URL and listener."""
     settings = {"listen": "127.0.0.1:0", "shutdown_grace": 0.5, **config}
     runtime = Runtime(compile_config(Config.model_validate(settings)))
     listener = Listener(runtime, AccessLog())
     host, port = await listener.start("127.0.0.1", 0)
     try:
-        yield f"http://{host}:{port}", runtime
+        yield f"http://{host}:{port}", listener
     finally:
         await listener.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_proxy(config: dict[str, Any]) -> AsyncIterator[tuple[str, Runtime]]:
+    """The proxy, in this process, listening on a real port; yields its base URL and runtime."""
+    async with running_listener(config) as (url, listener):
+        yield url, listener.runtime
 
 
 class Truncated(Exception):

@@ -55,3 +55,16 @@ def peak_rss_bytes(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
+
+
+async def read_lines_until(stream: asyncio.StreamReader, needle: str, limit: int = 200) -> list[str]:
+    """Lines from ``stream`` up to and including the first that contains ``needle`` (bounded)."""
+    lines: list[str] = []
+    for _ in range(limit):
+        line = (await asyncio.wait_for(stream.readline(), WAIT)).decode()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen in {lines}")

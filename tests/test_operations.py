@@ -11,8 +11,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import WAIT, Gate, Truncated, free_port, raw_request, running_app, running_proxy
-from procs import sseproxy_process
+from helpers import WAIT, Gate, Truncated, free_port, raw_request, running_app, running_listener, running_proxy
+from procs import read_lines_until, sseproxy_process
 from upstreams import echo_app, gated_proxy, gated_stream_app
 
 from sseproxy.tap import Tap
@@ -76,13 +76,34 @@ async def test_metrics_after_known_traffic() -> None:
     assert metric(after, "sseproxy_client_hangups_total", route="chat") == 1
 
 
-async def test_health_turns_503_while_draining() -> None:
+async def test_health_answers_503_while_draining() -> None:
     async with running_app(echo_app()) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, runtime):
         assert (await raw_request(proxy, "GET", "/_sseproxy/health", {})).status == 200
         runtime.draining = True
         resp = await raw_request(proxy, "GET", "/_sseproxy/health", {})
         assert resp.status == 503 and json.loads(await resp.body()) == {"status": "draining"}
         runtime.draining = False
+
+
+async def test_shutdown_sets_draining_before_it_waits_for_streams() -> None:
+    gate = Gate()
+    async with running_app(gated_stream_app(gate, "text/event-stream")) as up, running_listener(
+            {"shutdown_grace": 5, "routes": [{"upstream": up}]}) as (proxy, listener):
+        stream = await raw_request(proxy, "GET", "/live", {})
+        gate.release(b"data: 1\n\n")
+        assert await stream.next_chunk() == b"data: 1\n\n"
+        assert not listener.runtime.draining
+        stopping = asyncio.create_task(listener.stop())
+        for _ in range(100):  # bounded: until shutdown has begun
+            if listener.runtime.draining:
+                break
+            await asyncio.sleep(0.02)
+        assert listener.runtime.draining and not stopping.done()  # draining while the stream still runs
+        gate.release(b"data: 2\n\n")
+        assert await stream.next_chunk() == b"data: 2\n\n"  # streams in flight carry on
+        gate.release(None)
+        assert await stream.next_chunk() is None
+        await asyncio.wait_for(stopping, WAIT)
 
 
 @pytest.mark.parametrize("case", ["ok", "client_closed", "upstream_error", "timeout"])
@@ -159,7 +180,8 @@ async def test_reload_keeps_live_streams_and_applies_to_new_requests(tmp_path: P
 
             config.write_text("routes:\n  - {path: /broken, upstream: 'htp://x'}\n")
             proc.send_signal(signal.SIGHUP)  # an invalid reload is logged; the old config stays
-            await asyncio.sleep(0.3)
+            assert proc.stderr is not None
+            failed = "".join(await read_lines_until(proc.stderr, "reload failed, keeping the old config", limit=500))
             assert (await raw_request(url, "GET", "/new/y", {})).status == 200
 
             gate.release(b"data: after\n\n")  # the stream in flight carried on on its old route
@@ -169,8 +191,8 @@ async def test_reload_keeps_live_streams_and_applies_to_new_requests(tmp_path: P
             metrics = (await (await raw_request(url, "GET", "/_sseproxy/metrics", {})).body()).decode()
             assert metric(metrics, "sseproxy_config_reloads_total", result="failed") >= 1
         assert proc.stderr is not None
-        log = (await proc.stderr.read()).decode()
-        assert "reload failed, keeping the old config" in log and "'htp://x' is not an http(s) URL" in log
+        log = failed + (await proc.stderr.read()).decode()
+        assert "'htp://x' is not an http(s) URL" in log
 
 
 async def test_sigterm_ends_a_live_stream_with_a_shutdown_event_and_exits_0(tmp_path: Path) -> None:
