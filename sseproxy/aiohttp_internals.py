@@ -9,36 +9,74 @@ The aiohttp range in ``pyproject.toml`` is the one these were tested against.
 - ``send_100_continue``: the interim response written raw on ``request.writer``.
 - ``fail_body_when_connection_drops``: the client protocol's ``closed`` future.
 - ``stop_read_timeout``: the client protocol's ``read_timeout`` and its armed timer.
+- ``GuardedConnector``/``GuardedResponseHandler``: ``TCPConnector``'s private ``_factory``,
+  ``_release`` and ``_get``, so a pooled connection that turns readable while idle is closed, and
+  the client protocol's ``feed_data`` and ``set_response_params``, to bound interim (1xx) responses.
+- ``ProxyProtocol.handle_error``: the server protocol's answer to a request the parser refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("sseproxy")
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+MAX_INTERIM = 5  # 1xx responses accepted before the final one (Go's limit): bounds memory and time
 
 
-class HeadDeadlineProtocol(RequestHandler):
-    """Closes a connection whose request head has not fully arrived within ``header_timeout``.
+@dataclass(frozen=True)
+class ParserRefusal:
+    """A request refused before it reached the handler: its head could not be parsed or was too large."""
+
+    status: int
+    type: str
+    message: str
+    client: str | None
+
+
+OnRefused = Callable[[ParserRefusal], None]
+HEAD_TOO_LARGE = b"Request Header Fields Too Large"
+
+
+def _refusal_bytes(refusal: ParserRefusal) -> bytes:
+    body = json.dumps({"error": {"type": refusal.type, "message": refusal.message, "route": None}}).encode()
+    reason = HEAD_TOO_LARGE if refusal.status == 431 else b"Bad Request"
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % (refusal.status, reason, len(body)) + body)
+
+
+class ProxyProtocol(RequestHandler):
+    """The server protocol: a deadline and a size cap for the request head, and one log line (not a
+    traceback) for a request the parser refused.
 
     The deadline is armed when the connection opens and again when a response ends (waiting for
     the next request on a kept-alive connection); the handler disarms it when a head is complete.
+    While a head is awaited, its first ``max_head`` bytes are kept to find its end: a head that
+    runs past the cap is answered 431 and the connection closed, so held-open partial heads cost
+    at most ``max_head`` each.
     """
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any):
+    def __init__(self, manager: web.Server, *, header_timeout: float, max_head: int, on_refused: OnRefused,
+                 **kwargs: Any):
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
+        self._max_head = max_head
+        self._on_refused = on_refused
         self._deadline: asyncio.TimerHandle | None = None
+        self._head: bytearray | None = bytearray()  # None: the head is complete, bytes are not watched
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -48,8 +86,35 @@ class HeadDeadlineProtocol(RequestHandler):
         self.head_received()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            head += data[: self._max_head + 4 - len(head)]
+            if b"\r\n\r\n" in head or b"\n\n" in head:
+                self._head = None
+            elif len(head) > self._max_head:
+                self._refuse_head()
+                return
+        super().data_received(data)
+
+    def _refuse_head(self) -> None:
+        self._head = None
+        self.head_received()
+        refusal = ParserRefusal(431, "header_too_large", f"the request head is over max_header_size "
+                                f"({self._max_head} bytes)", self._peer())
+        self._on_refused(refusal)
+        if self.transport is not None:
+            self.transport.write(_refusal_bytes(refusal))
+            self.transport.close()
+        self.force_close()
+
+    def _peer(self) -> str | None:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else None
+
     def arm_head_deadline(self) -> None:
         self.head_received()
+        self._head = bytearray()
         if self._header_timeout > 0:
             self._deadline = self._loop.call_later(self._header_timeout, self._head_too_slow)
 
@@ -64,28 +129,49 @@ class HeadDeadlineProtocol(RequestHandler):
             log.debug("closing a connection whose request head took over %ss", self._header_timeout)
             self.transport.close()
 
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A head the parser refused: a JSON 400 (431 for an over-long line) and one access-log line
+        with outcome ``refused``, never a traceback (which could carry a token from the bad header)."""
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        too_large = isinstance(exc, LineTooLong)
+        refusal = ParserRefusal(431 if too_large else 400, "header_too_large" if too_large else "bad_request",
+                                f"malformed request: {exc.message}", request.remote)
+        self._on_refused(refusal)
+        body = {"error": {"type": refusal.type, "message": refusal.message, "route": None}}
+        response = web.json_response(body, status=refusal.status)
+        response.force_close()
+        return response
+
 
 class ProxyServer(web.Server):
-    """``web.Server`` whose connections get a head deadline and whose handlers are cancelled when
+    """``web.Server`` whose connections are ``ProxyProtocol``s and whose handlers are cancelled when
     the client hangs up (without that, a handler waiting on a silent upstream never learns)."""
 
-    def __init__(self, handler: Handler, header_timeout: float, **kwargs: Any):
-        super().__init__(self._serve, handler_cancellation=True, access_log=None, **kwargs)
+    def __init__(self, handler: Handler, *, header_timeout: float, max_head: int, on_refused: OnRefused,
+                 **kwargs: Any):
+        line = min(8190, max_head)  # aiohttp's own per-line caps, never above the whole head's
+        super().__init__(self._serve, handler_cancellation=True, access_log=None, max_line_size=line,
+                         max_field_size=line, **kwargs)
         self._proxy = handler
         self._header_timeout = header_timeout
+        self._max_head = max_head
+        self._on_refused = on_refused
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
-        if isinstance(protocol, HeadDeadlineProtocol):
+        if isinstance(protocol, ProxyProtocol):
             protocol.head_received()
         try:
             return await self._proxy(request)
         finally:
-            if isinstance(protocol, HeadDeadlineProtocol) and request.transport is not None:
+            if isinstance(protocol, ProxyProtocol) and request.transport is not None:
                 protocol.arm_head_deadline()
 
     def __call__(self) -> RequestHandler:
-        return HeadDeadlineProtocol(self, loop=self._loop, header_timeout=self._header_timeout, **self._kwargs)
+        return ProxyProtocol(self, loop=self._loop, header_timeout=self._header_timeout, max_head=self._max_head,
+                             on_refused=self._on_refused, **self._kwargs)
 
 
 async def send_100_continue(request: web.BaseRequest) -> None:
@@ -126,3 +212,64 @@ def stop_read_timeout(response: aiohttp.ClientResponse) -> None:
     if protocol is not None:
         protocol.read_timeout = None
         protocol._drop_timeout()
+
+
+class TooManyInterimResponses(aiohttp.ClientError):
+    """The upstream sent more than ``MAX_INTERIM`` 1xx responses before its final one."""
+
+
+class GuardedResponseHandler(ResponseHandler):
+    """The client protocol, guarded: bytes arriving while the connection sits idle in the pool are
+    an unsolicited response (or the tail of one): the connection is closed, never handed to the
+    next request, whose client would get them as its answer (as Go and nginx do). And at most
+    ``MAX_INTERIM`` 1xx responses are taken before the final one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.idle = False
+        self._interim = 0
+
+    def set_response_params(self, *args: Any, **kwargs: Any) -> None:
+        self._interim = 0
+        super().set_response_params(*args, **kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle and data:
+            log.warning("unsolicited bytes on an idle upstream connection: closed, never reused")
+            self.idle = False
+            self.close()
+            return
+        super().data_received(data)
+
+    def feed_data(self, data: Any, size: int = 0) -> None:
+        message = data[0] if isinstance(data, tuple) else None
+        code = getattr(message, "code", None)
+        if isinstance(code, int) and 100 <= code < 200 and code != 101:
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                if self._interim == MAX_INTERIM + 1:
+                    self.set_exception(TooManyInterimResponses(f"over {MAX_INTERIM} interim (1xx) responses"))
+                    if self.transport is not None:
+                        self.transport.close()
+                return
+        super().feed_data(data, size)
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` whose connections are ``GuardedResponseHandler``s, told when they are
+    idle in the pool and when they are taken out of it."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._factory = functools.partial(GuardedResponseHandler, loop=self._loop)  # type: ignore[assignment]
+
+    def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        if isinstance(protocol, GuardedResponseHandler) and protocol.transport is not None:
+            protocol.idle = True  # pooled: any byte from now on is unsolicited
+
+    async def _get(self, key: Any, traces: list[Any]) -> Any:
+        connection = await super()._get(key, traces)
+        if connection is not None and isinstance(connection.protocol, GuardedResponseHandler):
+            connection.protocol.idle = False
+        return connection

@@ -201,6 +201,7 @@ class Config(Model):
     max_body: Size = 32 * 1024 * 1024
     shutdown_grace: Duration = 30.0
     header_timeout: Duration = 10.0
+    max_header_size: Size = Field(32 * 1024, ge=1024)  # a request head over it gets 431
     inbound_auth: InboundAuth | None = None
     cors: CorsSetting = None
     timeouts: Timeouts = Timeouts(connect=10.0, idle=300.0)

@@ -34,6 +34,7 @@ class Exchange:
     target: Target | None = None
     route: RouteRuntime | None = None
     hooks: tuple[Hook, ...] = ()
+    body_sent: bool = True             # False while a request body is still being sent upstream
 
     @property
     def origin(self) -> str | None:

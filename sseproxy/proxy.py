@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import admin, auth, cors, websocket
 from .accesslog import AccessLog, RequestRecord
-from .aiohttp_internals import send_100_continue
+from .aiohttp_internals import ParserRefusal, send_100_continue
 from .errors import BodyTooLarge, Forbidden, Outcome, ProxyError
 from .exchange import Exchange
 from .plan import plan_response
@@ -35,6 +35,7 @@ class BodyLimit:
     The exchange's hooks see each chunk as it goes."""
 
     def __init__(self, exchange: Exchange):
+        self.exchange = exchange
         self.request = exchange.request
         self.limit = exchange.snapshot.max_body
         self.route = exchange.matched.label
@@ -52,6 +53,7 @@ class BodyLimit:
         return BodyTooLarge(f"request body is over max_body ({self.limit} bytes)", route=self.route)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        self.exchange.body_sent = False
         async for chunk in self.request.content.iter_any():
             self.received += len(chunk)
             if self.received > self.limit:
@@ -60,6 +62,7 @@ class BodyLimit:
             for hook in self.hooks:
                 hook.request_body(chunk)
             yield chunk
+        self.exchange.body_sent = True
 
 
 class ProxyHandler:
@@ -69,6 +72,13 @@ class ProxyHandler:
         self.runtime = runtime
         self.access_log = access_log
         self._ids = itertools.count(1)
+
+    def refused(self, refusal: ParserRefusal) -> None:
+        """A request the parser refused before this handler saw it: one access-log line, counted."""
+        record = RequestRecord(method="-", path="-", started=0.0, client=refusal.client, status=refusal.status,
+                               outcome=Outcome.REFUSED, error=refusal.message, error_type=refusal.type)
+        self.access_log.write(record)
+        self.runtime.metrics.observe(record)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         snapshot = self.runtime.enter()  # kept for the whole request, whatever a reload does

@@ -68,13 +68,16 @@ class Ending:
     release: bool               # the upstream connection may go back to the pool (else it is closed)
 
 
-def ending(failure: ProxyError | None, *, client_left: bool, sse: bool, between_frames: bool) -> Ending:
+def ending(failure: ProxyError | None, *, client_left: bool, sse: bool, between_frames: bool,
+           body_sent: bool = True) -> Ending:
     """How a relay ends: cleanly; because the client left; or because of ``failure`` (the upstream
     broke, went idle, or shutdown ended it), which an event stream is told of before a truncated
-    close, so that no client mistakes a cut-off answer for a complete one."""
+    close, so that no client mistakes a cut-off answer for a complete one. A connection is only
+    released when its response ended after the request body was sent in full: one that answered
+    first carries a body it never read, which must not reach it as the next request."""
     if client_left:
         return Ending(Outcome.CLIENT_CLOSED, None, truncate=False, release=False)
     if failure is None:
-        return Ending(Outcome.OK, None, truncate=False, release=True)
+        return Ending(Outcome.OK, None, truncate=False, release=body_sent)
     frame = error_frame(failure.type, failure.message) if sse and between_frames else None
     return Ending(failure.outcome, frame, truncate=True, release=False)

@@ -25,7 +25,10 @@ class Listener:
 
     def __init__(self, runtime: Runtime, access_log: AccessLog, *, reuse_port: bool = False):
         self.runtime = runtime
-        self.server = ProxyServer(ProxyHandler(runtime, access_log), runtime.snapshot.config.header_timeout)
+        config = runtime.snapshot.config
+        handler = ProxyHandler(runtime, access_log)
+        self.server = ProxyServer(handler, header_timeout=config.header_timeout, max_head=config.max_header_size,
+                                  on_refused=handler.refused)
         self.runner = web.ServerRunner(self.server, handle_signals=False)
         self.reuse_port = reuse_port
         self.site: web.TCPSite | None = None

@@ -88,7 +88,8 @@ class Relay:
             if watch is not None:
                 watch.cancel()
             self._fill_record()
-        end = ending(self._failure, client_left=client_left, sse=self._plan.sse, between_frames=self.between_frames)
+        end = ending(self._failure, client_left=client_left, sse=self._plan.sse, between_frames=self.between_frames,
+                     body_sent=self._exchange.body_sent)
         await self._carry_out(end)
         return end
 

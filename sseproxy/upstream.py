@@ -19,6 +19,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from .aiohttp_internals import GuardedConnector
 from .errors import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -74,7 +75,7 @@ class Pools:
         key = origin_of(url)
         session = self._sessions.get(key)
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=10)
+            connector = GuardedConnector(limit=0, limit_per_host=0, ttl_dns_cache=10)
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=_SKIP_AUTO_HEADERS,
