@@ -1,4 +1,4 @@
-"""The command line: ``serve``, ``check`` and ``demo``. The only module that prints or exits."""
+"""The command line: ``serve``, ``check``, ``demo`` and ``replay``. The only module that prints or exits."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import resource
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import workers
@@ -45,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--tap", action="store_true", help="print every relayed event as it passes")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="N processes serving the same port (SO_REUSEPORT)")
+    serve.add_argument("--record", metavar="DIR",
+                       help="record every exchange into DIR, one JSON file each (the top-level `record` key)")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     check = sub.add_parser("check", help="validate a config and print the resolved route table")
     check.add_argument("file")
@@ -52,7 +55,30 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
     demo.add_argument("--mock-only", action="store_true",
                       help="serve only the mock LLM upstream on --listen (e.g. as a compose service)")
+    replay = sub.add_parser("replay", help="serve recorded exchanges back as an upstream, with their timing")
+    replay.add_argument("directory", metavar="DIR", help="a directory of recordings (serve --record DIR)")
+    replay.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080",
+                        help="address to listen on (default 127.0.0.1:8080)")
+    replay.add_argument("--speed", type=_speed, default=1.0, metavar="X",
+                        help="play X times as fast (default 1; 0 sends every frame at once)")
+    replay.add_argument("--ignore-field", action="append", default=[], metavar="NAME",
+                        help="leave the JSON body key NAME out of matching, at any depth (repeatable)")
+    replay.add_argument("--fallback", metavar="URL", help="send requests no recording matches to URL")
+    replay.add_argument("--record", metavar="DIR2", help="with --fallback: record those exchanges into DIR2")
+    replay.add_argument("--tap", action="store_true", help="print every replayed event as it is sent")
+    replay.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format")
+    replay.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _speed(value: str) -> float:
+    try:
+        speed = float(value.removesuffix("x"))
+    except ValueError:
+        speed = -1.0
+    if not speed >= 0 or speed == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a speed (a number >= 0, e.g. 1, 2.5 or 0)")
+    return speed
 
 
 def _fail(problems: list[Problem]) -> int:
@@ -92,8 +118,13 @@ def _announce(line: str) -> None:
     print(line, flush=True)
 
 
+def serve_overrides(args: argparse.Namespace) -> Overrides:
+    extra = {"record": args.record} if args.record else {}
+    return Overrides(listen=args.listen, routes=tuple(args.route), extra=extra)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    overrides = Overrides(listen=args.listen, routes=tuple(args.route))
+    overrides = serve_overrides(args)
     try:
         config = load(args.config, overrides)
     except ConfigError as e:
@@ -123,7 +154,7 @@ def _supervise(args: argparse.Namespace, listen: str) -> int:
                    *(a for prefix, url in args.route for a in ("--route", f"{prefix}={url}")),
                    *(["--log-format", args.log_format] if args.log_format else []),
                    "--log-level", args.log_level, *(["--watch"] if args.watch else []),
-                   *(["--tap"] if args.tap else [])]
+                   *(["--tap"] if args.tap else []), *(["--record", args.record] if args.record else [])]
     status = 0
 
     async def main() -> None:
@@ -148,7 +179,8 @@ def route_table(snapshot: Snapshot) -> str:
         lines.append(f"    strip_prefix={str(route.strip_prefix).lower()} stream={route.stream} "
                      f"websocket={str(route.websocket).lower()} connect={format_duration(route.timeouts.connect)} "
                      f"idle={format_duration(route.timeouts.idle)} heartbeat={format_duration(route.heartbeat)} "
-                     f"compression={route.compression} cors={'on' if route.cors is not None else 'off'}")
+                     f"compression={route.compression} cors={'on' if route.cors is not None else 'off'}"
+                     + (f" record={record}" if (record := config.record_dir(written)) else ""))
         for label, rules in (("request_headers", written.request_headers),
                              ("response_headers", written.response_headers)):
             shown = {k: v for k, v in dump_for_humans(rules).items() if v}
@@ -200,7 +232,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(mock_only() if args.mock_only else main(), args.listen)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from . import replay
+
+    if args.record and not args.fallback:
+        return _fail([Problem("command line", "--record", "records what --fallback answers: give --fallback URL")])
+    problems = []
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as e:
+        problems.append(Problem("command line", "--listen", str(e)))
+    if args.fallback and (problem := replay.check_fallback(args.fallback)):
+        problems.append(Problem("command line", "--fallback", problem))
+    if problems:
+        return _fail(problems)
+    options = replay.ReplayOptions(
+        Path(args.directory), speed=args.speed, ignore_fields=tuple(args.ignore_field), fallback=args.fallback,
+        record=Path(args.record) if args.record else None, tap=args.tap)
+    try:
+        index = replay.load_index(options)
+    except ConfigError as e:
+        return _fail(e.problems)
+    setup(args.log_format, args.log_level, Redactor())
+
+    async def main() -> None:
+        await replay.run(options, host, port, _announce, index)
+
+    return _run(main(), args.listen)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "check": cmd_check, "demo": cmd_demo}
+    commands = {"serve": cmd_serve, "check": cmd_check, "demo": cmd_demo, "replay": cmd_replay}
     return commands[args.command](args)

@@ -135,6 +135,19 @@ def _cors_setting(value: object) -> object:
 CorsSetting = Annotated[Cors | None, BeforeValidator(_cors_setting)]
 
 
+def _record_setting(value: object) -> object:
+    if value is True:
+        raise ValueError("record: true is not a directory; give one, e.g. record: recordings/")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("record is empty (is its environment variable set?); give a directory or false")
+    if value is not None and value is not False and not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a directory; give one, e.g. record: recordings/, or false")
+    return value
+
+
+RecordSetting = Annotated[Literal[False] | str | None, BeforeValidator(_record_setting)]
+
+
 class InboundAuth(Model):
     header: str = "Authorization"
     tokens: list[SecretStr] = Field(min_length=1)
@@ -165,6 +178,7 @@ class Route(Model):
     heartbeat: Duration | None = None
     cors: CorsSetting = None
     upstream_compression: Compression | None = None
+    record: RecordSetting = None  # a directory; false: not this route, whatever the top level says
 
     @field_validator("path")
     @classmethod
@@ -209,6 +223,7 @@ class Config(Model):
     upstream_compression: Compression = "auto"
     allowed_hosts: list[str] = []
     trusted_proxies: list[str] = []     # CIDRs whose X-Forwarded-For is kept and appended to
+    record: RecordSetting = None  # the default for every route: a directory to record exchanges into
     routes: list[Route] = []
 
     @field_validator("trusted_proxies")
@@ -254,6 +269,11 @@ class Config(Model):
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+    def record_dir(self, route: Route) -> str | None:
+        """Where ``route`` records its exchanges: its own ``record``, else the top-level one."""
+        record = route.record if route.record is not None else self.record
+        return record or None
 
 
 def dump_for_humans(value: Any) -> Any:

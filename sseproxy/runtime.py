@@ -20,6 +20,7 @@ from .cors import CorsPolicy, compile_cors
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
 from .hooks import HookFactory
 from .metrics import Metrics
+from .recorder import Recorder
 from .registry import Registry
 from .routing import RoundRobin, join_path
 from .upstream import Origin, Pools, Timeouts, origin_of
@@ -84,6 +85,7 @@ class Snapshot:
     max_body: int
     access_log: str                    # text | json | off
     secrets: tuple[str, ...]           # every injected value and token: never to be shown
+    recorders: tuple[Recorder, ...] = ()   # one per recording directory, closed when the snapshot retires
     in_flight: InFlight = field(default_factory=InFlight, compare=False)
 
     def host_allowed(self, host: str) -> bool:
@@ -119,7 +121,7 @@ def _timeouts(route: Route, config: Config) -> Timeouts:
                     idle=pick(route.timeouts.idle, config.timeouts.idle, DEFAULT_IDLE))
 
 
-def _compile_route(route: Route, config: Config) -> RouteRuntime:
+def _compile_route(route: Route, config: Config, hooks: tuple[HookFactory, ...]) -> RouteRuntime:
     return RouteRuntime(
         label=route.label,
         prefix=route.path,
@@ -139,6 +141,7 @@ def _compile_route(route: Route, config: Config) -> RouteRuntime:
         cors=compile_cors(route.cors if route.cors is not None else config.cors),
         compression=route.upstream_compression or config.upstream_compression,
         local_upstream=any(is_local_host(urlsplit(u).hostname or "") for u in route.upstream),
+        hooks=hooks,
     )
 
 
@@ -152,10 +155,22 @@ def _allowed_hosts(config: Config) -> frozenset[str]:
     return frozenset({"localhost", "127.0.0.1", "[::1]", "*.localhost", *route_hosts})
 
 
+def _secrets(config: Config) -> tuple[str, ...]:
+    """Every injected value and inbound token, and each long word of them: ``Bearer sk-…`` is a
+    secret, and so is the bare key an upstream may echo back."""
+    values = [v.get_secret_value() for r in config.routes
+              for v in (*r.request_headers.set.values(), *r.request_headers.add.values())]
+    values += [t.get_secret_value() for t in config.inbound_auth.tokens] if config.inbound_auth else []
+    words = [w for v in values for w in v.split() if len(w) >= 8]
+    return tuple({s for s in (*values, *words) if s})
+
+
 def compile_config(config: Config) -> Snapshot:
-    routes = [_compile_route(r, config) for r in config.routes]
+    secrets = _secrets(config)
+    recorders = {d: Recorder(d, secrets) for r in config.routes if (d := config.record_dir(r)) is not None}
+    routes = [_compile_route(r, config, (recorders[d],) if (d := config.record_dir(r)) is not None else ())
+              for r in config.routes]
     tokens = tuple(t.get_secret_value() for t in config.inbound_auth.tokens) if config.inbound_auth else ()
-    secrets = {s for r in routes for s in r.outbound.rules.secret_values()} | set(tokens)
     auth = (AuthPolicy(config.inbound_auth.header, tuple(t.encode() for t in tokens))
             if config.inbound_auth is not None else None)
     return Snapshot(
@@ -168,7 +183,8 @@ def compile_config(config: Config) -> Snapshot:
         admin_prefix=config.admin_prefix,
         max_body=config.max_body,
         access_log=config.access_log,
-        secrets=tuple(secrets),
+        secrets=secrets,
+        recorders=tuple(recorders.values()),
     )
 
 
@@ -204,5 +220,15 @@ class Runtime:
         self._close_unused_pools()
 
     def _close_unused_pools(self) -> None:
+        retired = [s for s in self.retiring if s.in_flight.count == 0]
         self.retiring = [s for s in self.retiring if s.in_flight.count > 0]
         self.pools.close_except({o for s in (self.snapshot, *self.retiring) for o in s.origins})
+        for snapshot in retired:
+            for recorder in snapshot.recorders:
+                self.pools.in_background(recorder.close())
+
+    async def close(self) -> None:
+        """At exit: the pools, and the current snapshot's recordings written to the end."""
+        for recorder in self.snapshot.recorders:
+            await recorder.close()
+        await self.pools.close()

@@ -62,4 +62,4 @@ class Listener:
             log.info("ended %d stream(s) still open after the %gs grace", stopped, grace)
         await self.server.shutdown(max(0.1, deadline - loop.time()))
         await self.runner.cleanup()
-        await self.runtime.pools.close()
+        await self.runtime.close()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -67,9 +67,13 @@ class Pools:
     def close_except(self, keep: set[Origin]) -> None:
         """Close the pools of origins no config in use names any more (in the background)."""
         for origin in self.origins() - keep:
-            task = asyncio.get_running_loop().create_task(self._sessions.pop(origin).close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self.in_background(self._sessions.pop(origin).close())
+
+    def in_background(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Run a closing step without waiting for it; ``close()`` waits for all of them."""
+        task = asyncio.get_running_loop().create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def session(self, url: URL) -> aiohttp.ClientSession:
         key = origin_of(url)

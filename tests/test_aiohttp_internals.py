@@ -20,7 +20,7 @@ from helpers import WAIT, Gate, raw_server, read_head, running_app, running_prox
 from upstreams import echo_app, gated_stream_app
 
 from sseproxy.aiohttp_internals import (
-    HeadDeadlineProtocol,
+    ProxyProtocol,
     ProxyServer,
     fail_body_when_connection_drops,
     stop_read_timeout,
@@ -43,16 +43,17 @@ async def ok(request: web.BaseRequest) -> web.StreamResponse:
 # -- web.Server: _loop, _kwargs, and the RequestHandler subclass -------------------------------
 
 async def test_web_server_has_loop_and_kwargs_and_proxy_server_builds_a_head_deadline_protocol() -> None:
-    server = ProxyServer(ok, 2.5, max_field_size=1234)
+    server = ProxyServer(ok, header_timeout=2.5, max_head=32768, on_refused=print, max_headers=77)
     assert server._loop is asyncio.get_running_loop()
     assert isinstance(server._kwargs, dict)
-    assert server._kwargs["max_field_size"] == 1234  # what web.Server would hand to its RequestHandler
+    assert server._kwargs["max_headers"] == 77  # what web.Server would hand to its RequestHandler
+    assert server._kwargs["max_field_size"] == 8190  # capped by max_head, never above aiohttp's own
     assert server.handler_cancellation is True
     protocol = server()
-    assert type(protocol) is HeadDeadlineProtocol and isinstance(protocol, RequestHandler)
+    assert type(protocol) is ProxyProtocol and isinstance(protocol, RequestHandler)
     assert protocol._loop is server._loop  # RequestHandler keeps the loop the deadline is armed on
     assert protocol._header_timeout == 2.5
-    assert protocol.max_field_size == 1234  # the kwargs reached RequestHandler.__init__
+    assert protocol.max_headers == 77  # the kwargs reached RequestHandler.__init__
     assert protocol.access_logger is None   # access_log=None: sseproxy writes its own
 
 
@@ -60,12 +61,12 @@ class RecordingServer(ProxyServer):
     """ProxyServer that keeps every protocol it builds, so a test can look at its deadline."""
 
     def __init__(self, header_timeout: float):
-        super().__init__(ok, header_timeout)
-        self.protocols: list[HeadDeadlineProtocol] = []
+        super().__init__(ok, header_timeout=header_timeout, max_head=32768, on_refused=print)
+        self.protocols: list[ProxyProtocol] = []
 
     def __call__(self) -> RequestHandler:
         protocol = super().__call__()
-        assert isinstance(protocol, HeadDeadlineProtocol)
+        assert isinstance(protocol, ProxyProtocol)
         self.protocols.append(protocol)
         return protocol
 
@@ -110,7 +111,7 @@ async def test_request_handler_subclass_hooks_are_called(recording: tuple[Record
 
 
 async def test_a_silent_connection_is_closed_at_the_head_deadline() -> None:
-    async for host, port in serving(ProxyServer(ok, 0.2)):
+    async for host, port in serving(ProxyServer(ok, header_timeout=0.2, max_head=32768, on_refused=print)):
         reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(b"GET / HTTP/1.1\r\n")  # half a head, then nothing
