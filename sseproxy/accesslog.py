@@ -26,10 +26,23 @@ class RequestRecord:
     outcome: str = "ok"                # ok | client_closed | upstream_error | timeout | shutdown | refused
     error: str | None = None
     error_type: str | None = None      # the ProxyError type, e.g. upstream_unavailable
+    tokens_in: int | None = None       # LLM usage read from the stream (usage.py), when it reports it
+    tokens_out: int | None = None
 
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
+
+
+def _tokens(record: RequestRecord) -> str:
+    """`` tokens_in=N tokens_out=N`` where the stream reported usage; nothing on other lines."""
+    if record.tokens_in is None and record.tokens_out is None:
+        return ""
+    return f" tokens_in={_or_dash(record.tokens_in)} tokens_out={_or_dash(record.tokens_out)}"
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 class AccessLog:
@@ -48,9 +61,9 @@ class AccessLog:
             if fields[key] is not None:
                 fields[key] = round(fields[key], 6)
         self.logger.info(
-            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d outcome=%s%s',
+            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d outcome=%s%s%s',
             record.client or "-", record.method, record.path, record.route or "-", record.status,
             _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
-            record.outcome, f" error={json.dumps(record.error)}" if record.error else "",
+            record.outcome, _tokens(record), f" error={json.dumps(record.error)}" if record.error else "",
             extra={"fields": fields},
         )
