@@ -29,6 +29,8 @@ class RequestRecord:
     outcome: Outcome = Outcome.OK
     error: str | None = None
     error_type: str | None = None      # the ProxyError type, e.g. upstream_unavailable
+    tokens_in: int | None = None       # LLM usage read from the stream (usage.py), when it reports it
+    tokens_out: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as JSON-ready fields (the access log's JSON form)."""
@@ -45,6 +47,17 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
 
 
+def _tokens(record: RequestRecord) -> str:
+    """`` tokens_in=N tokens_out=N`` where the stream reported usage; nothing on other lines."""
+    if record.tokens_in is None and record.tokens_out is None:
+        return ""
+    return f" tokens_in={_or_dash(record.tokens_in)} tokens_out={_or_dash(record.tokens_out)}"
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 class AccessLog:
     """Writes records to the ``sseproxy.access`` logger; ``fields`` carry the JSON form, which the
     log formatter uses when ``access_log: json``. ``enabled`` follows ``access_log`` across reloads."""
@@ -57,9 +70,10 @@ class AccessLog:
         if not self.enabled or not self.logger.isEnabledFor(logging.INFO):
             return
         self.logger.info(
-            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s',
+            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s%s',
             record.client or "-", record.method, record.path, record.route or "-", record.status,
             _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
-            record.heartbeats, record.outcome.value, f" error={json.dumps(record.error)}" if record.error else "",
+            record.heartbeats, record.outcome.value, _tokens(record),
+            f" error={json.dumps(record.error)}" if record.error else "",
             extra={"fields": record.fields()},
         )

@@ -161,6 +161,63 @@ class InboundAuth(Model):
         return tokens
 
 
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+
+
+class Retry(Model):
+    """Retry before the first byte reaches the client, never after (``retry.py`` holds the policy)."""
+
+    on: list[Annotated[int, Field(ge=100, le=599)]] = [429, 502, 503, 529]  # upstream statuses to retry
+    attempts: Count = Field(3, ge=1)           # tries in all, the next upstream first
+    backoff: Duration = 0.25                 # doubled each time
+    max_backoff: Duration = 5.0              # a Retry-After up to this is honoured
+    max_body: Size = 1024 * 1024             # request bodies up to this are kept to resend
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: object) -> object:
+        """YAML 1.1 reads the key ``on`` as ``true``: take it back."""
+        if isinstance(value, dict) and True in value and "on" not in value:
+            value = {("on" if k is True else k): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_within_max(self) -> Retry:
+        if self.backoff > self.max_backoff:
+            raise ValueError(f"backoff ({self.backoff:g}s) is more than max_backoff ({self.max_backoff:g}s)")
+        return self
+
+
+class Limits(Model):
+    """Concurrent streams allowed, counted per inbound token, client address or route (``limits.py``)."""
+
+    concurrent_streams: Count = Field(ge=0)    # 0: no limit
+    per: Literal["token", "client", "route"] = "route"
+
+
+def _off_or_mapping(off: dict[str, object]) -> Any:
+    """``key: false`` turns a top-level default off for one route; ``true`` is not a setting."""
+
+    def parse(value: object) -> object:
+        if value is False:
+            return off
+        if value is True:
+            raise ValueError("true is not a setting; give a mapping, or false to turn the default off")
+        return value
+
+    return BeforeValidator(parse)
+
+
+RetrySetting = Annotated[Retry | None, _off_or_mapping({"attempts": 1})]
+LimitsSetting = Annotated[Limits | None, _off_or_mapping({"concurrent_streams": 0})]
+
+
 class Route(Model):
     name: str | None = None
     path: str = "/"
@@ -179,6 +236,8 @@ class Route(Model):
     cors: CorsSetting = None
     upstream_compression: Compression | None = None
     record: RecordSetting = None  # a directory; false: not this route, whatever the top level says
+    retry: RetrySetting = None               # None: the top-level default
+    limits: LimitsSetting = None             # None: the top-level default
 
     @field_validator("path")
     @classmethod
@@ -224,6 +283,8 @@ class Config(Model):
     allowed_hosts: list[str] = []
     trusted_proxies: list[str] = []     # CIDRs whose X-Forwarded-For is kept and appended to
     record: RecordSetting = None  # the default for every route: a directory to record exchanges into
+    retry: RetrySetting = None               # the default for every route; none: no retries
+    limits: LimitsSetting = None             # the default for every route; none: no limit
     routes: list[Route] = []
 
     @field_validator("trusted_proxies")
@@ -265,6 +326,26 @@ class Config(Model):
                 "injected key. Add inbound_auth, listen on 127.0.0.1, or set public: true"
             )
         return self
+
+    @model_validator(mode="after")
+    def _token_limits_need_tokens(self) -> Config:
+        if self.inbound_auth is not None:
+            return self
+        if self.limits is not None and self.limits.per == "token":
+            raise ValueError("limits.per: token counts streams per inbound token, and there is no inbound_auth")
+        for i, route in enumerate(self.routes):
+            if route.limits is not None and route.limits.per == "token":
+                raise ValueError(f"routes[{i}].limits.per: token counts streams per inbound token, "
+                                 "and there is no inbound_auth")
+        return self
+
+    def retry_for(self, route: Route) -> Retry | None:
+        """The route's retry setting, or the top-level default (``None``: no retries)."""
+        return route.retry if route.retry is not None else self.retry
+
+    def limits_for(self, route: Route) -> Limits | None:
+        """The route's limits, or the top-level default (``None``: no limit)."""
+        return route.limits if route.limits is not None else self.limits
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -71,6 +71,15 @@ class BodyTooLarge(ProxyError):
     type = "body_too_large"
 
 
+class TooManyStreams(ProxyError):
+    """A route's ``limits.concurrent_streams`` is reached for this token, client or route; the
+    answer carries ``Retry-After`` (see ``limits.py``)."""
+
+    status = 429
+    type = "too_many_streams"
+    outcome = Outcome.REFUSED
+
+
 class UpstreamUnavailable(ProxyError, ConnectionError):
     status = 502
     type = "upstream_unavailable"

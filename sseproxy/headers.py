@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .decoding import DECODABLE
+
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
-DECODABLE = ("gzip", "x-gzip", "deflate", "identity")
 
 
 @dataclass(frozen=True, repr=False)

@@ -50,6 +50,7 @@ async def test_no_secret_in_any_output_after_every_error_path(tmp_path: Path) ->
     async with running_app(app) as up, raw_server(silent) as slow:
         config = tmp_path / "sidecar.yaml"
         config.write_text(f"""
+listen: 127.0.0.1:0
 max_body: 100
 inbound_auth: {{tokens: ["${{file:{secret_file}}}"]}}
 cors: {{allow_origins: ["http://localhost:5173"]}}

@@ -1,0 +1,132 @@
+"""Token usage read from an LLM event stream as it passes, never changing a byte of it.
+
+Recognised shapes (the last value seen wins: every one of them reports running totals):
+
+- OpenAI chat completions, and the OpenAI-compatible servers (vLLM, llama.cpp, Ollama's ``/v1``,
+  DashScope's compatible mode): a chunk's ``usage`` with ``prompt_tokens`` and ``completion_tokens``
+  (sent once at the end with ``stream_options.include_usage``, or in every chunk by some servers).
+- OpenAI responses: ``response.completed`` (also ``.incomplete``, ``.failed``) with
+  ``response.usage.input_tokens`` and ``output_tokens``.
+- Anthropic messages: ``message_start`` with ``message.usage.input_tokens``, then ``message_delta``
+  with ``usage.output_tokens``, cumulative, so the last one is the total. Cache reads and writes
+  (``cache_*_input_tokens``) are not added in: ``tokens_in`` is Anthropic's ``input_tokens`` as is.
+- Any other chunk whose top-level ``usage`` carries those names (DashScope's own API).
+
+Cost on the relay's path: an event is parsed only when its bytes contain ``_tokens``, which every
+usage object above has and ``"usage": null`` (in every chunk of an OpenAI stream that asked for
+usage) has not. Every other event costs one substring search.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .framing import StreamKind
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDict
+
+    from .accesslog import RequestRecord
+    from .hooks import ExchangeInfo
+
+MARKER = b"_tokens"  # in every usage object the meter reads; checked before any parse
+_IN_NAMES = ("prompt_tokens", "input_tokens")
+_OUT_NAMES = ("completion_tokens", "output_tokens")
+
+
+def _count(usage: dict[str, Any], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _usage_of(payload: object) -> dict[str, Any] | None:
+    """The usage object of one event's JSON: at the top (OpenAI chunks, Anthropic ``message_delta``),
+    under ``message`` (Anthropic ``message_start``) or under ``response`` (OpenAI responses)."""
+    if not isinstance(payload, dict):
+        return None
+    usage = payload.get("usage")
+    if isinstance(usage, dict):
+        return usage
+    for key in ("message", "response"):
+        inner = payload.get(key)
+        if isinstance(inner, dict) and isinstance(usage := inner.get("usage"), dict):
+            return usage
+    return None
+
+
+class UsageMeter:
+    """Fed whole SSE frames (several events per call, any line endings), keeps the token counts.
+
+    ``tokens_in`` and ``tokens_out`` stay ``None`` until a stream reports them. Nothing is kept
+    between calls: an event is whole within one call (the framer's promise), and an unterminated
+    last event is read at the end of the call that brings it.
+    """
+
+    def __init__(self) -> None:
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+
+    def feed(self, frames: bytes) -> None:
+        if MARKER not in frames:  # the per-event cost on all but a stream's one or two usage events
+            return
+        data: list[bytes] = []
+        for line in frames.splitlines():  # bytes split on LF, CRLF and CR only, as SSE does
+            if not line:
+                self._event(data)
+                data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif line == b"data":  # a field name alone: an empty value
+                data.append(b"")
+        self._event(data)
+
+    def _event(self, data: list[bytes]) -> None:
+        if not data:
+            return
+        payload = b"\n".join(data)
+        if MARKER not in payload:
+            return
+        try:
+            usage = _usage_of(json.loads(payload))
+        except (ValueError, RecursionError):  # not JSON ("[DONE]"), or nested deeper than the parser goes
+            return
+        if usage is None:
+            return
+        if (tokens_in := _count(usage, _IN_NAMES)) is not None:
+            self.tokens_in = tokens_in
+        if (tokens_out := _count(usage, _OUT_NAMES)) is not None:
+            self.tokens_out = tokens_out
+
+
+class UsageHook:
+    """One exchange's meter: reads event streams only, and puts the counts in the record at the end."""
+
+    def __init__(self) -> None:
+        self.meter = UsageMeter()
+        self._sse = False
+
+    def request_body(self, chunk: bytes) -> None:
+        pass
+
+    def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
+        self._sse = kind is StreamKind.SSE
+
+    def data(self, chunk: bytes, at: float) -> None:
+        if self._sse:
+            self.meter.feed(chunk)
+
+    def end(self, record: RequestRecord) -> None:
+        record.tokens_in = self.meter.tokens_in
+        record.tokens_out = self.meter.tokens_out
+
+
+class UsageHooks:
+    """The ``HookFactory``: a meter for every exchange (one that is not an event stream costs a flag check)."""
+
+    def open(self, info: ExchangeInfo) -> UsageHook:
+        return UsageHook()
