@@ -22,6 +22,8 @@ from .plan import StreamPlan
 from .relay_policy import HEARTBEAT, Ending, RelayPolicy, Tick, ending
 from .upstream import mid_stream_error
 
+YIELD_EVERY = 256 * 1024  # bytes of upstream data (decoded) one stream may process before others get a turn
+
 
 class ClientClosed(ConnectionError):
     """The client went away while the proxy was writing to it."""
@@ -110,6 +112,7 @@ class Relay:
         read = self._upstream.content.readany
         decoder = self._plan.decoder
         policy, loop = self.policy, self._loop
+        work = 0  # bytes processed since this stream last let the loop run others
         while True:
             try:
                 chunk = await read()
@@ -120,12 +123,20 @@ class Relay:
             policy.read(loop.time())
             if decoder is None:
                 await self._emit(chunk)
-                continue
-            try:
-                for piece in decoder.decode(chunk):
-                    await self._emit(piece)
-            except DecodeError as exc:
-                raise UpstreamError(str(exc)) from exc
+                work += len(chunk)
+            else:
+                try:
+                    for piece in decoder.decode(chunk):
+                        await self._emit(piece)
+                        work += len(piece)
+                        if work >= YIELD_EVERY:
+                            work = await _yield()
+                except DecodeError as exc:
+                    raise UpstreamError(str(exc)) from exc
+            if work >= YIELD_EVERY:
+                # a fast upstream and a fast client never make a read or a write wait, so without
+                # this one stream (a gzip bomb, a flood of newlines) would hold the loop for seconds
+                work = await _yield()
         if self._failure is not None:  # a read that ended because the policy failed the stream
             raise self._failure
         try:
@@ -186,6 +197,11 @@ class Relay:
             record.error, record.error_type = self._failure.message, self._failure.type
         if self.first_event_at is not None:
             record.ttfe = self.first_event_at - record.started
+
+
+async def _yield() -> int:
+    await asyncio.sleep(0)
+    return 0
 
 
 __all__ = ["ClientClosed", "Relay", "UpstreamError"]

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import threading
 from collections.abc import Awaitable, Callable
 
-from helpers import WAIT, raw_request, raw_server, read_head, running_proxy
+from aiohttp import web
+from backports import zstd
+from helpers import WAIT, Gate, raw_request, raw_server, read_head, running_app, running_proxy
+from procs import sseproxy_process
+from upstreams import gated_stream_app
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -122,3 +128,71 @@ async def _send_all(writer: asyncio.StreamWriter, body: bytes) -> None:
         for i in range(0, len(body), 1 << 20):  # bounded: 8 writes
             writer.write(body[i:i + (1 << 20)])
             await writer.drain()
+
+
+def zstd_bomb_app(frames: int) -> web.Application:
+    """An event stream, zstd-encoded, that expands hugely: one 16 MiB frame of tiny events,
+    compressed once (1.5 KB) and sent ``frames`` times (concatenated frames are one valid stream),
+    so the whole of it arrives in one read and only decoding takes time."""
+    frame = zstd.compress(b"data: x\n\n" * (16 * 1024 * 1024 // 9))
+
+    async def bomb(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Content-Encoding": "zstd"})
+        await response.prepare(request)
+        await response.write(frame * frames)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/bomb", bomb)
+    return app
+
+
+class FastReader:
+    """A client that reads as fast as the kernel delivers: blocking ``recv_into`` on its own thread,
+    so the proxy's writes never wait for it (the case where nothing else makes a stream yield)."""
+
+    def __init__(self, base: str, target: str):
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=WAIT * 6)
+        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        self.received = 0
+        self.ended = threading.Event()
+
+    def run(self) -> None:
+        buffer = bytearray(4 << 20)
+        with contextlib.suppress(OSError):
+            while (n := self.sock.recv_into(buffer)) and self.received < 2 << 30:  # bounded: 2 GiB
+                self.received += n
+                if buffer[:n].endswith(b"\r\n0\r\n\r\n"):  # the final chunk: the whole bomb was relayed
+                    break
+        self.ended.set()
+
+
+async def test_a_stream_that_expands_hugely_never_stalls_the_other_streams_or_health() -> None:
+    """A fast client reading a 1 GiB decoded stream (100 KB on the wire): while it runs, another
+    stream's next event and a health check are both answered; before, the loop was held until the
+    whole bomb had been relayed."""
+    gate = Gate()
+    async with running_app(zstd_bomb_app(64)) as bomb_up, running_app(gated_stream_app(gate, "text/event-stream")
+                                                                    ) as calm_up, sseproxy_process(
+            "serve", "--listen", "127.0.0.1:0", "--route", f"/bomb={bomb_up}/bomb", "--route", f"/={calm_up}"
+    ) as (_proc, url):
+        calm = await raw_request(url, "GET", "/calm", {})
+        bomb = FastReader(url, "/bomb")
+        reading = asyncio.get_running_loop().run_in_executor(None, bomb.run)
+        try:
+            for _ in range(500):  # bounded: until the bomb is well under way
+                if bomb.received > 8 << 20:
+                    break
+                await asyncio.sleep(0.01)
+            gate.release(b"data: still here\n\n")
+            assert await calm.next_chunk(WAIT * 4) == b"data: still here\n\n"
+            health = await raw_request(url, "GET", "/_sseproxy/health", {})
+            assert health.status == 200
+            assert not bomb.ended.is_set(), f"the bomb ended first ({bomb.received >> 20} MiB): nothing ran beside it"
+        finally:
+            bomb.sock.shutdown(socket.SHUT_RDWR)
+            await reading
+            bomb.sock.close()
+            gate.release(None)
