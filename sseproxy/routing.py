@@ -30,6 +30,8 @@ def check_target(method: str, raw_target: str, host_header: str | None) -> Targe
     """Refuse CONNECT, foreign absolute-form targets, traversal and encoded separators (400)."""
     if method == "CONNECT":
         raise BadRequest("CONNECT is refused: sseproxy is a reverse proxy, not a forward proxy")
+    if "#" in raw_target:
+        raise BadRequest("a fragment ('#') is refused in the request target: no client sends one")
     target = raw_target
     if not target.startswith("/"):
         parts = urlsplit(target)
@@ -42,13 +44,14 @@ def check_target(method: str, raw_target: str, host_header: str | None) -> Targe
         if parts.query:
             target += "?" + parts.query
     path, _, query = target.partition("?")
-    path = path.partition("#")[0]
     lowered = path.lower()
     if "\\" in path or "\x00" in path or any(bad in lowered for bad in _FORBIDDEN_ENCODED):
         raise BadRequest("encoded slashes, backslashes and NUL are refused in paths")
     for segment in lowered.split("/"):
-        if segment.replace("%2e", ".") in (".", ".."):
-            raise BadRequest("dot segments ('.', '..', or encoded) are refused in paths")
+        # Servlet containers drop a ';' parameter before resolving dot segments: '..;x' is '..' there.
+        name = segment.split(";", 1)[0].split("%3b", 1)[0]
+        if name.replace("%2e", ".") in (".", ".."):
+            raise BadRequest("dot segments ('.', '..', encoded, or with a ';' parameter) are refused in paths")
     return Target(path=path, query=query)
 
 

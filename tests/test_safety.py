@@ -25,6 +25,13 @@ from upstreams import echo_app
     ("GET", "/a\\b"),
     ("GET", "/a/%00"),
     ("GET", "/a/./b"),
+    ("GET", "/a/..;/b"),          # a path parameter on a dot segment: Tomcat and Jetty read it as ".."
+    ("GET", "/a/%2e%2e;x/b"),
+    ("GET", "/a/.;x/b"),
+    ("GET", "/a/..%3bx/b"),
+    ("GET", "/a/b#frag"),         # no fragment belongs in a request target
+    ("GET", "/a#/../../b"),
+    ("GET", "/a?q=1#x"),
 ])
 async def test_bad_targets_are_refused_with_400_before_routing(method: str, target: str) -> None:
     seen: list[dict[str, object]] = []
@@ -81,3 +88,4 @@ async def test_an_idle_kept_alive_connection_can_send_another_request_within_the
         first.writer.write(b"GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         head = await asyncio.wait_for(first.reader.readuntil(b"\r\n\r\n"), WAIT)
         assert head.startswith(b"HTTP/1.1 200")
+
