@@ -6,7 +6,9 @@ decode ``%2f`` away, and the path that matched a route is exactly the path forwa
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -99,13 +101,38 @@ class Matchable(Protocol):
     def label(self) -> str: ...
 
 
-def host_without_port(host_header: str | None) -> str:
-    if not host_header:
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")  # DNS names (with '_', as containers use) and IPv4
+_PORT = re.compile(r"[0-9]{0,5}")   # RFC 3986 allows an empty port ("host:")
+
+
+def parse_host(host_header: str | None) -> str:
+    """The Host header's host, lower-cased, without port or trailing dot: what ``allowed_hosts`` and
+    a route's ``host`` are compared with. "" when there is no Host header.
+
+    Strict, because the header is also forwarded as X-Forwarded-Host: a name, an IPv4 address or a
+    bracketed IPv6 address, then an optional numeric port up to 65535. Anything else (userinfo,
+    text after ``]``, empty labels, spaces, a second colon) is a ``BadRequest``.
+    """
+    if host_header is None:
         return ""
-    host = host_header.lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rpartition(":")[0] if ":" in host else host
+    value = host_header.lower()
+    if value.startswith("["):
+        literal, sep, rest = value[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise BadRequest("the Host header's bracketed address is not an IPv6 address") from None
+        host, port = f"[{literal}]", rest.removeprefix(":")
+        if not sep or (rest and not rest.startswith(":")):
+            raise BadRequest("the Host header has text after its IPv6 address")
+    else:
+        host, _, port = value.partition(":")
+        if not _HOST_NAME.fullmatch(host):
+            raise BadRequest("the Host header is not a host name, an IPv4 address or a bracketed IPv6 address")
+        host = host.removesuffix(".")
+    if not _PORT.fullmatch(port) or (port and int(port) > 65535):
+        raise BadRequest("the Host header's port is not a number from 0 to 65535")
+    return host
 
 
 R = TypeVar("R", bound=Matchable)
