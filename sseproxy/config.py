@@ -208,6 +208,7 @@ class Config(Model):
     upstream_compression: Compression = "auto"
     allowed_hosts: list[str] = []
     trusted_proxies: list[str] = []     # CIDRs whose X-Forwarded-For is kept and appended to
+    underscores_in_headers: bool = False  # false: request headers with '_' in the name are dropped
     routes: list[Route] = []
 
     @field_validator("trusted_proxies")
