@@ -8,10 +8,12 @@ so that no repr, log line or ``check`` output can show them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,9 +31,83 @@ Compression = Literal["auto", "pass", "identity"]
 DEFAULT_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")   # RFC 9110 field-name
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # what no field value may carry (tab may)
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")  # RFC 1123, with '_' as container names use
+
+
+def _header_name(name: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
+    return name
+
+
+def _header_value(value: str) -> None:
+    """Refuse what aiohttp would refuse at send time (a 500 on every request). The message never
+    shows the value: it may be a secret."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return
+    if found.group() in "\r\n":
+        raise ValueError("the value contains a line break (CR or LF), which no header value may carry "
+                         "(an environment variable or secret file of more than one line?)")
+    raise ValueError(f"the value contains a control character ({ord(found.group()):#04x}), which no header "
+                     "value may carry")
+
+
+def _plain_value(value: str) -> str:
+    _header_value(value)
+    return value
+
+
+def _secret_value(value: SecretStr) -> SecretStr:
+    _header_value(value.get_secret_value())
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[str, AfterValidator(_plain_value)]
+SecretHeaderValue = Annotated[SecretStr, AfterValidator(_secret_value)]
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why ``host`` (as ``urlsplit`` gives it: lower case, IPv6 without brackets) cannot be
+    connected to, or None. Checked here because the resolver's refusal would be a 500 per request."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(unquote(host))
+        except ValueError:
+            return "not an IPv6 address"
+        return None
+    try:
+        name = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return "not a valid internationalised name"
+    name = name.removesuffix(".")
+    labels = name.split(".")
+    if labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return "it ends in a number but is not an IPv4 address"
+        return None
+    if len(name) > 253:
+        return "longer than 253 characters"
+    for label in labels:
+        if not label:
+            return "it has an empty label"
+        if len(label) > 63:
+            return "a label is longer than 63 characters"
+        if not _LABEL.fullmatch(label):
+            return "labels are letters, digits, '-' and '_', and start and end with a letter or digit"
+    return None
+
+
 def _check_upstream_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not an http(s) URL")
+    if re.search(r"[\x00-\x20\x7f]", value):
+        raise ValueError("an upstream URL may not contain spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http(s) URL")
@@ -41,6 +117,9 @@ def _check_upstream_url(value: object) -> str:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise ValueError(f"{value!r} has an invalid port") from None
+    problem = host_name_problem(parts.hostname)
+    if problem is not None:
+        raise ValueError(f"{parts.hostname!r} is not a valid host name: {problem}")
     return value
 
 
@@ -80,17 +159,17 @@ class Model(BaseModel):
 class HeaderRules(Model):
     """Response header rules: remove, then set (replace), then add (append)."""
 
-    set: dict[str, str] = {}
-    add: dict[str, str] = {}
-    remove: list[str] = []
+    set: dict[HeaderName, HeaderValue] = {}
+    add: dict[HeaderName, HeaderValue] = {}
+    remove: list[HeaderName] = []
 
 
 class RequestHeaderRules(Model):
     """Request header rules; values are secrets because this is where API keys are injected."""
 
-    set: dict[str, SecretStr] = {}
-    add: dict[str, SecretStr] = {}
-    remove: list[str] = []
+    set: dict[HeaderName, SecretHeaderValue] = {}
+    add: dict[HeaderName, SecretHeaderValue] = {}
+    remove: list[HeaderName] = []
 
 
 class Timeouts(Model):
@@ -149,7 +228,7 @@ RecordSetting = Annotated[Literal[False] | str | None, BeforeValidator(_record_s
 
 
 class InboundAuth(Model):
-    header: str = "Authorization"
+    header: HeaderName = "Authorization"
     tokens: list[SecretStr] = Field(min_length=1)
 
     @field_validator("tokens")
@@ -285,6 +364,7 @@ class Config(Model):
     record: RecordSetting = None  # the default for every route: a directory to record exchanges into
     retry: RetrySetting = None               # the default for every route; none: no retries
     limits: LimitsSetting = None             # the default for every route; none: no limit
+    underscores_in_headers: bool = False  # false: request headers with '_' in the name are dropped
     routes: list[Route] = []
 
     @field_validator("trusted_proxies")

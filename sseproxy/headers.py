@@ -74,6 +74,7 @@ class OutboundPolicy:
     forwarded: bool
     preserve_host: bool
     token_header: str | None   # the inbound-auth header, never forwarded
+    underscores_in_headers: bool = False   # False: client headers with '_' in the name are dropped
 
 
 FORWARDED_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
@@ -143,8 +144,14 @@ def upstream_accept_encoding(mode: str, client_value: str | None, *, prefer_iden
 
 def outbound_request_headers(inbound: Headers, policy: OutboundPolicy, hop: Hop,
                              accept_encoding: str | None) -> CIMultiDict[str]:
-    """The headers sent upstream: hop-by-hop removal, then ``remove``, then ``set``/``add``."""
+    """The headers sent upstream: hop-by-hop and underscored names removed, then ``remove``, then
+    ``set``/``add`` (a name with '_' that the config sets is the config's choice, and is sent)."""
     out = without_hop_by_hop(inbound)
+    if not policy.underscores_in_headers:
+        # CGI and WSGI map '-' and '_' both to '_': X_Api_Key would pass a `remove: [X-Api-Key]`
+        # rule and arrive as the same variable (nginx's underscores_in_headers off).
+        for name in {k for k in out if "_" in k}:
+            out.popall(name, None)
     out.popall("Host", None)  # the upstream's, unless preserve_host
     out.popall("Expect", None)  # the proxy answers 100-continue itself
     if "chunked" in inbound.get("Transfer-Encoding", "").lower():

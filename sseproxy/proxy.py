@@ -22,7 +22,7 @@ from .aiohttp_internals import ParserRefusal, send_100_continue
 from .errors import BodyTooLarge, Forbidden, Outcome, ProxyError
 from .exchange import Exchange
 from .plan import plan_response
-from .routing import check_target, find_route, host_without_port
+from .routing import check_target, find_route, parse_host
 from .runtime import Runtime
 from .streaming import Relay
 from .upstream import OutboundRequest, send
@@ -113,7 +113,7 @@ class ProxyHandler:
             response = await admin.respond(self.runtime, target.path)
             record.status = response.status
             return response
-        host = host_without_port(request.headers.get("Host"))
+        host = parse_host(request.headers.get("Host"))
         if not snapshot.host_allowed(host):
             raise Forbidden(f"host {host!r} is not in allowed_hosts")
         preflight = cors.is_preflight(request)

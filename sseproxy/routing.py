@@ -6,7 +6,9 @@ decode ``%2f`` away, and the path that matched a route is exactly the path forwa
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -30,6 +32,8 @@ def check_target(method: str, raw_target: str, host_header: str | None) -> Targe
     """Refuse CONNECT, foreign absolute-form targets, traversal and encoded separators (400)."""
     if method == "CONNECT":
         raise BadRequest("CONNECT is refused: sseproxy is a reverse proxy, not a forward proxy")
+    if "#" in raw_target:
+        raise BadRequest("a fragment ('#') is refused in the request target: no client sends one")
     target = raw_target
     if not target.startswith("/"):
         parts = urlsplit(target)
@@ -42,13 +46,14 @@ def check_target(method: str, raw_target: str, host_header: str | None) -> Targe
         if parts.query:
             target += "?" + parts.query
     path, _, query = target.partition("?")
-    path = path.partition("#")[0]
     lowered = path.lower()
     if "\\" in path or "\x00" in path or any(bad in lowered for bad in _FORBIDDEN_ENCODED):
         raise BadRequest("encoded slashes, backslashes and NUL are refused in paths")
     for segment in lowered.split("/"):
-        if segment.replace("%2e", ".") in (".", ".."):
-            raise BadRequest("dot segments ('.', '..', or encoded) are refused in paths")
+        # Servlet containers drop a ';' parameter before resolving dot segments: '..;x' is '..' there.
+        name = segment.split(";", 1)[0].split("%3b", 1)[0]
+        if name.replace("%2e", ".") in (".", ".."):
+            raise BadRequest("dot segments ('.', '..', encoded, or with a ';' parameter) are refused in paths")
     return Target(path=path, query=query)
 
 
@@ -96,13 +101,38 @@ class Matchable(Protocol):
     def label(self) -> str: ...
 
 
-def host_without_port(host_header: str | None) -> str:
-    if not host_header:
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")  # DNS names (with '_', as containers use) and IPv4
+_PORT = re.compile(r"[0-9]{0,5}")   # RFC 3986 allows an empty port ("host:")
+
+
+def parse_host(host_header: str | None) -> str:
+    """The Host header's host, lower-cased, without port or trailing dot: what ``allowed_hosts`` and
+    a route's ``host`` are compared with. "" when there is no Host header.
+
+    Strict, because the header is also forwarded as X-Forwarded-Host: a name, an IPv4 address or a
+    bracketed IPv6 address, then an optional numeric port up to 65535. Anything else (userinfo,
+    text after ``]``, empty labels, spaces, a second colon) is a ``BadRequest``.
+    """
+    if host_header is None:
         return ""
-    host = host_header.lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rpartition(":")[0] if ":" in host else host
+    value = host_header.lower()
+    if value.startswith("["):
+        literal, sep, rest = value[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise BadRequest("the Host header's bracketed address is not an IPv6 address") from None
+        host, port = f"[{literal}]", rest.removeprefix(":")
+        if not sep or (rest and not rest.startswith(":")):
+            raise BadRequest("the Host header has text after its IPv6 address")
+    else:
+        host, _, port = value.partition(":")
+        if not _HOST_NAME.fullmatch(host):
+            raise BadRequest("the Host header is not a host name, an IPv4 address or a bracketed IPv6 address")
+        host = host.removesuffix(".")
+    if not _PORT.fullmatch(port) or (port and int(port) > 65535):
+        raise BadRequest("the Host header's port is not a number from 0 to 65535")
+    return host
 
 
 R = TypeVar("R", bound=Matchable)

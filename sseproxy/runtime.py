@@ -134,6 +134,7 @@ def _compile_route(route: Route, config: Config, hooks: tuple[HookFactory, ...])
         outbound=OutboundPolicy(
             rules=_request_rules(route.request_headers), forwarded=route.forwarded,
             preserve_host=route.preserve_host,
+            underscores_in_headers=config.underscores_in_headers,
             token_header=config.inbound_auth.header if config.inbound_auth is not None else None),
         response_rules=_response_rules(route.response_headers),
         timeouts=_timeouts(route, config),

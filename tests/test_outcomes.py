@@ -181,14 +181,15 @@ async def test_a_failing_prepare_is_not_logged_ok_and_the_upstream_connection_is
 
     async def stream_then_wait(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"9\r\ndata: 1\n\n\r\n")
+        # aiohttp's client parser takes the \x01 but its server refuses to send it: prepare() fails.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Bad: a\x01b\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
         await writer.drain()
         if await asyncio.wait_for(reader.read(), WAIT) == b"":
             upstream_closed.set()
 
     async with raw_server(stream_then_wait) as up, running_proxy({"routes": [
-            {"path": "/", "upstream": up, "response_headers": {"set": {"X-Bad": "a\r\nInjected: 1"}}}]}) as (proxy, _):
+            {"path": "/", "upstream": up}]}) as (proxy, _):
         with caplog.at_level(logging.INFO, logger="sseproxy.access"):
             bad = await raw_request(proxy, "GET", "/bad", {})
             assert bad.status == 500

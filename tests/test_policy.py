@@ -180,3 +180,22 @@ async def test_redirects_into_the_upstream_are_rewritten_onto_the_route() -> Non
             want = expected or to.replace("SELF", up)
             assert resp.headers["location"] == want, to
             assert resp.headers["content-location"] == want
+
+
+async def test_underscored_header_names_are_dropped_unless_allowed() -> None:
+    """On a CGI or WSGI upstream ``X_Api_Key`` and ``X-Api-Key`` both become HTTP_X_API_KEY: an
+    underscored twin would get past a ``remove`` rule, so it is dropped (nginx's default)."""
+    seen: list[dict[str, Any]] = []
+    route = {"upstream": "", "request_headers": {"remove": ["X-Api-Key"], "set": {"X_Injected": "by-config"}}}
+    sent = {"X_Api_Key": "client-key", "x_api_KEY": "client-key", "X-Api-Key": "client-key", "X-Plain": "kept"}
+    async with running_app(echo_app(seen)) as up:
+        async with running_proxy({"routes": [{**route, "upstream": up}]}) as (proxy, _):
+            assert (await raw_request(proxy, "GET", "/", sent)).status == 200
+            assert (await raw_request(proxy, "GET", "/again", {})).status == 200
+        async with running_proxy({"routes": [{**route, "upstream": up}], "underscores_in_headers": True}
+                                 ) as (proxy, _):
+            assert (await raw_request(proxy, "GET", "/", sent)).status == 200
+    dropped, _, allowed = ({k.lower(): v for k, v in s["header_list"]} for s in seen)
+    assert "x_api_key" not in dropped and "x-api-key" not in dropped
+    assert dropped["x-plain"] == "kept" and dropped["x_injected"] == "by-config"  # the config's own header stays
+    assert allowed["x_api_key"] == "client-key" and "x-api-key" not in allowed

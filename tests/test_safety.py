@@ -25,6 +25,13 @@ from upstreams import echo_app
     ("GET", "/a\\b"),
     ("GET", "/a/%00"),
     ("GET", "/a/./b"),
+    ("GET", "/a/..;/b"),          # a path parameter on a dot segment: Tomcat and Jetty read it as ".."
+    ("GET", "/a/%2e%2e;x/b"),
+    ("GET", "/a/.;x/b"),
+    ("GET", "/a/..%3bx/b"),
+    ("GET", "/a/b#frag"),         # no fragment belongs in a request target
+    ("GET", "/a#/../../b"),
+    ("GET", "/a?q=1#x"),
 ])
 async def test_bad_targets_are_refused_with_400_before_routing(method: str, target: str) -> None:
     seen: list[dict[str, object]] = []
@@ -81,3 +88,35 @@ async def test_an_idle_kept_alive_connection_can_send_another_request_within_the
         first.writer.write(b"GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         head = await asyncio.wait_for(first.reader.readuntil(b"\r\n\r\n"), WAIT)
         assert head.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("host", [
+    "[::1]x", "[::1]:8080x", "[::1", "[not-v6]", "user@localhost", "localhost:abc", "localhost:99999",
+    "localhost:123456", "localhost:-1", "", "local host", "a..localhost", ".localhost", "localhost:80:80",
+    "localhost/x", "localhost\\x", "::1",
+])
+async def test_a_malformed_host_is_refused_with_400_and_never_forwarded(host: str) -> None:
+    seen: list[dict[str, object]] = []
+    async with running_app(echo_app(seen)) as up, running_proxy(
+            {"routes": [{"upstream": up}], "allowed_hosts": ["*"]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/x", {"Host": host})
+        assert resp.status == 400, host
+        assert json.loads(await resp.body())["error"]["type"] == "bad_request"
+        ok = await raw_request(proxy, "GET", "/fine", {"Host": "localhost:8080"})
+        assert ok.status == 200
+    assert [(s["path"], s["headers"]["X-Forwarded-Host"]) for s in seen] == [  # type: ignore[index]
+        ("/fine", "localhost:8080")]
+
+
+@pytest.mark.parametrize("host,allowed", [
+    ("LOCALHOST:8080", True), ("localhost", True), ("localhost:", True), ("localhost.", True), ("127.0.0.1:1", True),
+    ("[::1]:8080", True), ("[::1]", True), ("ui.localhost:5173", True), ("my_app.localhost", True),
+    ("evil.example:80", False),
+])
+async def test_well_formed_hosts_still_pass_the_host_check(host: str, allowed: bool) -> None:
+    seen: list[dict[str, object]] = []
+    async with running_app(echo_app(seen)) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/x", {"Host": host})
+        assert resp.status == (200 if allowed else 403), host
+    if allowed:
+        assert seen[0]["headers"]["X-Forwarded-Host"] == host  # type: ignore[index]
