@@ -205,6 +205,12 @@ def fail_body_when_connection_drops(response: aiohttp.ClientResponse) -> None:
         closed.add_done_callback(on_closed)
 
 
+def upstream_protocol(response: aiohttp.ClientResponse) -> GuardedResponseHandler | None:
+    """The guarded protocol under ``response``, kept by the relay to ask how its body ended."""
+    protocol = _protocol(response)
+    return protocol if isinstance(protocol, GuardedResponseHandler) else None
+
+
 def stop_read_timeout(response: aiohttp.ClientResponse) -> None:
     """Stop aiohttp's per-read ``sock_read`` timer once the response head is in: the relay keeps
     its own idle deadline, which costs nothing per chunk."""
@@ -228,6 +234,14 @@ class GuardedResponseHandler(ResponseHandler):
         super().__init__(loop)
         self.idle = False
         self._interim = 0
+        self.reset_mid_body = False  # the connection was lost (not closed in order) while a body was being read
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # aiohttp ends a body delimited by the connection's close cleanly whether the close was a
+        # FIN or a reset; only a FIN completes such a body, so a reset is remembered here
+        if exc is not None and self._payload is not None and not self._payload.is_eof():
+            self.reset_mid_body = True
+        super().connection_lost(exc)
 
     def set_response_params(self, *args: Any, **kwargs: Any) -> None:
         self._interim = 0

@@ -80,6 +80,13 @@ class TooManyStreams(ProxyError):
     outcome = Outcome.REFUSED
 
 
+class NotImplementedCoding(ProxyError, NotImplementedError):
+    """A request body in a transfer coding the proxy does not implement (anything but chunked)."""
+
+    status = 501
+    type = "not_implemented"
+
+
 class UpstreamUnavailable(ProxyError, ConnectionError):
     status = 502
     type = "upstream_unavailable"

@@ -6,6 +6,7 @@ and the response headers the client gets. Nothing further down decides any of th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -15,6 +16,8 @@ from .decoding import Decoder, decoder_for
 from .framing import Framer, StreamKind, framer_for, stream_kind
 from .headers import Headers, apply_rules, stream_response_headers, without_hop_by_hop
 from .runtime import RouteRuntime
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # no header value may carry these (tab may)
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +48,9 @@ def plan_response(upstream_headers: Headers, route: RouteRuntime, origin: str | 
             if decoder is None:
                 kind = StreamKind.RAW  # a coding the proxy cannot decode: relayed as it comes, never reframed
     headers = without_hop_by_hop(upstream_headers)
+    for name, value in headers.items():
+        if _CONTROL.search(value):
+            raise ValueError(f"header {name} has a control character")
     for name in ("Location", "Content-Location"):
         if name in headers:
             headers[name] = route.rewrite_location(headers[name])

@@ -19,7 +19,7 @@ from aiohttp import web
 from . import admin, auth, cors, websocket
 from .accesslog import AccessLog, RequestRecord
 from .aiohttp_internals import ParserRefusal, send_100_continue
-from .errors import BodyTooLarge, Forbidden, Outcome, ProxyError
+from .errors import BodyTooLarge, Forbidden, NotImplementedCoding, Outcome, ProxyError, UpstreamUnavailable
 from .exchange import Exchange
 from .plan import plan_response
 from .routing import check_target, find_route, parse_host
@@ -108,17 +108,21 @@ class ProxyHandler:
         request, snapshot, record = exchange.request, exchange.snapshot, exchange.record
         target = exchange.target = check_target(request.method, request.raw_path, request.headers.get("Host"))
         record.path = target.path
+        host = parse_host(request.headers.get("Host"))
+        if not snapshot.host_allowed(host):
+            raise Forbidden(f"host {host!r} is not in allowed_hosts")
         if admin.owns(snapshot.admin_prefix, target.path):
             record.route = "admin"
             response = await admin.respond(self.runtime, target.path)
             record.status = response.status
             return response
-        host = parse_host(request.headers.get("Host"))
-        if not snapshot.host_allowed(host):
-            raise Forbidden(f"host {host!r} is not in allowed_hosts")
+        check_transfer_coding(request.headers.get("Transfer-Encoding"))
         preflight = cors.is_preflight(request)
-        route = exchange.route = find_route(snapshot.routes, target.path, host, request.method,
-                                            ignore_method=preflight)
+        route = find_route(snapshot.routes, target.path, host, request.method, ignore_method=preflight)
+        if preflight and route.cors is None:  # not a preflight this proxy answers: methods apply as usual
+            preflight = False
+            route = find_route(snapshot.routes, target.path, host, request.method)
+        exchange.route = route
         record.route = route.label
         if preflight and route.cors is not None:
             response = cors.preflight(route.cors, request.headers, route.label)
@@ -164,7 +168,14 @@ class ProxyHandler:
             upstream.close()
             raise limit.error()
         record.ttfb = asyncio.get_running_loop().time() - record.started
-        plan = plan_response(upstream.headers, route, exchange.origin)
+        if upstream.status == 101:  # switching protocols without being asked: never carried on as HTTP (Go: 502)
+            upstream.close()
+            raise UpstreamUnavailable("the upstream switched protocols (101) on a request that asked for no upgrade")
+        try:
+            plan = plan_response(upstream.headers, route, exchange.origin)
+        except ValueError as error:
+            upstream.close()
+            raise UpstreamUnavailable(f"the upstream's response head is unusable: {error}") from None
         for hook in exchange.hooks:
             hook.response(upstream.status, plan.headers, plan.kind)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=plan.headers)
@@ -193,6 +204,16 @@ class ProxyHandler:
             self.runtime.streams.discard(relay)
             active.dec()
         return response
+
+
+def check_transfer_coding(value: str | None) -> None:
+    """Only ``chunked`` is a transfer coding the proxy implements; ``gzip, chunked`` forwarded as
+    plain chunked would hand the upstream a body it cannot read (nginx and Go answer 501)."""
+    if value is None:
+        return
+    codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+    if codings != ["chunked"]:
+        raise NotImplementedCoding(f"transfer coding {value!r} is not implemented: only chunked is")
 
 
 def _no_delay(request: web.BaseRequest) -> None:

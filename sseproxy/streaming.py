@@ -14,7 +14,12 @@ import contextlib
 import aiohttp
 from aiohttp import web
 
-from .aiohttp_internals import fail_body_when_connection_drops, stop_read_timeout
+from .aiohttp_internals import (
+    GuardedResponseHandler,
+    fail_body_when_connection_drops,
+    stop_read_timeout,
+    upstream_protocol,
+)
 from .decoding import DecodeError
 from .errors import ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
 from .exchange import Exchange
@@ -46,6 +51,7 @@ class Relay:
         self.policy = RelayPolicy(heartbeat=route.heartbeat if plan.sse else 0.0,
                                   idle=route.timeouts.idle, last_read=now, last_write=now)
         self._failure: ProxyError | None = None
+        self._protocol: GuardedResponseHandler | None = None
         self.bytes = self.heartbeats = 0
         self.first_event_at: float | None = None
 
@@ -71,6 +77,7 @@ class Relay:
         """Relay to the end; returns how it ended, after carrying that out (error frame, close)."""
         fail_body_when_connection_drops(self._upstream)
         stop_read_timeout(self._upstream)
+        self._protocol = upstream_protocol(self._upstream)
         watch = asyncio.create_task(self._watch()) if self.policy.deadline() is not None else None
         client_left = False
         try:
@@ -139,6 +146,8 @@ class Relay:
                 work = await _yield()
         if self._failure is not None:  # a read that ended because the policy failed the stream
             raise self._failure
+        if self._protocol is not None and self._protocol.reset_mid_body:
+            raise UpstreamError("upstream connection was reset before the body ended")
         try:
             tail = decoder.flush() if decoder is not None else b""
         except DecodeError as exc:

@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import signal
 import socket
+import struct
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import pytest
 from aiohttp import web
 from backports import zstd
-from helpers import WAIT, Gate, raw_request, raw_server, read_head, running_app, running_proxy
+from helpers import WAIT, Gate, Truncated, raw_request, raw_server, read_head, running_app, running_proxy
 from procs import sseproxy_process
-from upstreams import gated_stream_app
+from upstreams import echo_app, gated_stream_app
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -196,3 +203,186 @@ async def test_a_stream_that_expands_hugely_never_stalls_the_other_streams_or_he
             await reading
             bomb.sock.close()
             gate.release(None)
+
+
+def rst(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset, not a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson"])
+async def test_a_reset_ending_a_close_delimited_body_is_an_upstream_error(
+        kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A body delimited by the connection's close that ends with a reset is cut off, not complete:
+    the error event (event streams), a truncated close, and outcome upstream_error."""
+    content_type, first, half = {"sse": ("text/event-stream", b"data: 1\n\n", b"data: 2"),
+                                 "ndjson": ("application/x-ndjson", b'{"a": 1}\n', b'{"b": ')}[kind]
+    gate = Gate()
+
+    async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type.encode() + b"\r\nConnection: close\r\n\r\n"
+                     + first)
+        await writer.drain()
+        await gate.next()
+        writer.write(half)
+        await writer.drain()
+        await gate.next()
+        rst(writer)
+
+    with caplog.at_level(logging.INFO, logger="sseproxy.access"):
+        async with raw_server(close_delimited) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+            resp = await raw_request(proxy, "GET", "/", {})
+            assert await resp.next_chunk() == first
+            gate.release(b"")
+            gate.release(b"")
+            rest = b""
+            with pytest.raises(Truncated):
+                while (chunk := await resp.next_chunk()) is not None:
+                    rest += chunk
+            if kind == "sse":
+                assert b"event: error" in rest and b"upstream_error" in rest
+            assert half not in rest  # half an event or line is never passed on as if it were whole
+            assert (await raw_request(proxy, "GET", "/_sseproxy/health", {})).status == 200
+    lines = [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+    assert lines[0]["outcome"] == "upstream_error"
+
+
+async def test_a_close_delimited_body_ended_by_a_fin_is_complete() -> None:
+    async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: 1\n\n")
+        await writer.drain()
+
+    async with raw_server(close_delimited) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert await resp.body() == b"data: 1\n\n"
+
+
+async def test_a_101_to_a_plain_request_is_a_502() -> None:
+    async def switches(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nraw bytes")
+        await writer.drain()
+        await asyncio.sleep(WAIT)
+
+    async with raw_server(switches) as up, running_app(echo_app()) as echo, running_proxy({"routes": [
+            {"path": "/echo", "upstream": echo}, {"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert resp.status == 502
+        assert json.loads(await resp.body())["error"]["type"] == "upstream_unavailable"
+        assert (await raw_request(proxy, "GET", "/echo/x", {})).status == 200
+
+
+async def test_a_flood_of_interim_responses_is_a_502() -> None:
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # bounded: 200 writes of 1,000 hints each
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 1000)
+                await writer.drain()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_server(early_hints) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert resp.status == 502
+        body = json.loads(await resp.body())
+        assert body["error"]["type"] == "upstream_unavailable" and "TooManyInterimResponses" in body["error"]["message"]
+
+
+async def test_a_few_interim_responses_pass_before_the_final_one() -> None:
+    async def two_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 2
+                     + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_server(two_hints) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert resp.status == 200 and await resp.body() == b"ok"
+
+
+async def test_a_control_character_in_an_upstream_header_is_a_502_not_a_500() -> None:
+    async def bad_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_server(bad_header) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert resp.status == 502
+        assert "control character" in json.loads(await resp.body())["error"]["message"]
+
+
+async def test_a_request_head_over_max_header_size_gets_431_and_others_are_served(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with running_app(echo_app()) as up, running_proxy(
+            {"max_header_size": "4KiB", "routes": [{"upstream": up}]}) as (proxy, runtime):
+        host, port = proxy.removeprefix("http://").rsplit(":", 1)
+        with caplog.at_level(logging.INFO, logger="sseproxy.access"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET / HTTP/1.1\r\nHost: " + f"{host}:{port}".encode() + b"\r\n")
+            for i in range(10):  # 10 headers of 1 KiB: over the 4 KiB cap, each line under aiohttp's own
+                writer.write(f"X-Big-{i}: {'v' * 1000}\r\n".encode())
+            await writer.drain()
+            head = await read_head(reader)
+            assert head.startswith(b"HTTP/1.1 431")
+            body = json.loads(await asyncio.wait_for(reader.read(), WAIT))
+            assert body["error"]["type"] == "header_too_large"
+            writer.close()
+            ok = await raw_request(proxy, "GET", "/", {"X-Small": "v" * 1000})  # under the cap: served
+            assert ok.status == 200
+        text = runtime.metrics.render().decode()
+    lines = [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+    assert lines[0]["status"] == 431 and lines[0]["outcome"] == "refused"
+    assert 'status="431"' in text
+
+
+async def test_a_head_the_parser_refuses_is_one_log_line_never_a_traceback_with_the_token() -> None:
+    token = "inbound-token-0123456789abcdef"
+    async with running_app(echo_app()) as up:
+        config = {"inbound_auth": {"tokens": [token]}, "routes": [{"upstream": up}]}
+        import yaml
+        path = Path(tempfile.mkdtemp()) / "c.yaml"
+        path.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", **config}))
+        async with sseproxy_process("serve", "--config", str(path)) as (proc, url):
+            resp = await raw_request(url, "GET", "/", {"Authorization": f"Bearer {token}\x01"})
+            assert resp.status == 400
+            assert json.loads(await resp.body())["error"]["type"] == "bad_request"
+            ok = await raw_request(url, "GET", "/", {"Authorization": f"Bearer {token}"})
+            assert ok.status == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.stderr is not None
+            err = (await asyncio.wait_for(proc.stderr.read(), WAIT * 2)).decode()
+    assert token not in err
+    assert "Traceback" not in err
+    refused = [line for line in err.splitlines() if "status=400" in line]
+    assert len(refused) == 1 and "outcome=refused" in refused[0]
+
+
+async def test_a_transfer_coding_other_than_chunked_is_501() -> None:
+    async with running_app(echo_app()) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "POST", "/", {"Transfer-Encoding": "gzip, chunked"},
+                                 body=b"5\r\nhello\r\n0\r\n\r\n")
+        assert resp.status == 501
+        assert json.loads(await resp.body())["error"]["type"] == "not_implemented"
+        ok = await raw_request(proxy, "POST", "/", {"Transfer-Encoding": "chunked"}, body=b"5\r\nhello\r\n0\r\n\r\n")
+        assert ok.status == 200 and json.loads(await ok.body())["body_size"] == 5
+
+
+async def test_options_with_preflight_headers_on_a_route_without_cors_keeps_its_methods() -> None:
+    async with running_app(echo_app()) as up, running_proxy({"routes": [
+            {"path": "/", "upstream": up, "methods": ["GET"]}]}) as (proxy, _):
+        resp = await raw_request(proxy, "OPTIONS", "/", {"Origin": "http://a.localhost",
+                                                        "Access-Control-Request-Method": "GET"})
+        assert resp.status == 405
+
+
+async def test_admin_endpoints_follow_allowed_hosts() -> None:
+    async with running_app(echo_app()) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        resp = await raw_request(proxy, "GET", "/_sseproxy/metrics", {"Host": "evil.example"})
+        assert resp.status == 403
+        assert (await raw_request(proxy, "GET", "/_sseproxy/health", {})).status == 200
