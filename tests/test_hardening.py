@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import signal
@@ -22,6 +23,9 @@ from backports import zstd
 from helpers import WAIT, Gate, Truncated, raw_request, raw_server, read_head, running_app, running_proxy
 from procs import sseproxy_process
 from upstreams import echo_app, gated_stream_app
+
+from sseproxy.logs import Redactor
+from sseproxy.tap import Tap
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -386,3 +390,31 @@ async def test_admin_endpoints_follow_allowed_hosts() -> None:
         resp = await raw_request(proxy, "GET", "/_sseproxy/metrics", {"Host": "evil.example"})
         assert resp.status == 403
         assert (await raw_request(proxy, "GET", "/_sseproxy/health", {})).status == 200
+
+
+def test_tap_shows_control_characters_cuts_names_and_redacts_secrets() -> None:
+    out = io.StringIO()
+    tap = Tap(out, color=False, redact=Redactor(["sk-injected-0123456789"]))
+    tap.frames("chat", 1, b"event: " + b"n" * 70_000 + b"\ndata: \x1b[2Jboom\x00 key sk-injected-0123456789\n\n",
+               sse=True)
+    line = out.getvalue()
+    assert line.count("\n") == 1 and len(line) < 300  # one bounded line for a 70 KB event name
+    assert "\x1b" not in line and "\x00" not in line and "\\x1b[2Jboom\\x00" in line
+    assert "sk-injected" not in line and "<redacted>" in line
+
+
+async def test_tap_through_a_running_proxy_never_prints_an_injected_key_the_upstream_echoes() -> None:
+    key = "sk-injected-0123456789abcdef"
+    gate = Gate()
+    async with running_app(gated_stream_app(gate, "text/event-stream")) as up:
+        path = Path(tempfile.mkdtemp()) / "c.yaml"
+        path.write_text(f"listen: 127.0.0.1:0\nroutes:\n  - upstream: '{up}'\n"
+                        f"    request_headers: {{set: {{Authorization: 'Bearer {key}'}}}}\n")
+        async with sseproxy_process("serve", "--tap", "--config", str(path)) as (proc, url):
+            stream = await raw_request(url, "GET", "/", {})
+            gate.release(f"data: the key is {key}\n\n".encode())
+            assert key.encode() in await stream.next_chunk()  # relayed untouched: the tap only prints
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode()
+            gate.release(None)
+    assert key not in line and "<redacted>" in line
