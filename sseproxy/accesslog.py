@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import Outcome
@@ -31,6 +31,9 @@ class RequestRecord:
     error_type: str | None = None      # the ProxyError type, e.g. upstream_unavailable
     tokens_in: int | None = None       # LLM usage read from the stream (usage.py), when it reports it
     tokens_out: int | None = None
+    llm: bool = False                  # an LLM-style stream (a POST naming a model, answered with events)
+    attempts: int = 1                  # tries upstream; more than 1 after retries before the first byte
+    retried: list[int] = field(default_factory=list)  # the status each retried attempt answered
 
     def fields(self) -> dict[str, Any]:
         """The record as JSON-ready fields (the access log's JSON form)."""
@@ -48,10 +51,14 @@ def _ms(seconds: float | None) -> str:
 
 
 def _tokens(record: RequestRecord) -> str:
-    """`` tokens_in=N tokens_out=N`` where the stream reported usage; nothing on other lines."""
-    if record.tokens_in is None and record.tokens_out is None:
-        return ""
-    return f" tokens_in={_or_dash(record.tokens_in)} tokens_out={_or_dash(record.tokens_out)}"
+    """`` tokens_in=N tokens_out=N`` where the stream reported usage, `` attempts=N retried=[..]``
+    after retries; nothing on other lines."""
+    out = ""
+    if record.tokens_in is not None or record.tokens_out is not None:
+        out = f" tokens_in={_or_dash(record.tokens_in)} tokens_out={_or_dash(record.tokens_out)}"
+    if record.attempts > 1:
+        out += f" attempts={record.attempts} retried={','.join(map(str, record.retried))}"
+    return out
 
 
 def _or_dash(value: int | None) -> str:

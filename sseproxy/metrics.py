@@ -43,6 +43,12 @@ class Metrics:
                                       registry=r)
         self.heartbeats = Counter("sseproxy_heartbeats", "Keep-alive comments sent", ["route"], registry=r)
         self.reloads = Counter("sseproxy_config_reloads", "Config reloads by result", ["result"], registry=r)
+        self.retries = Counter("sseproxy_upstream_retries", "Upstream answers retried before the first byte",
+                               ["route", "status"], registry=r)
+        self.tokens = Counter("sseproxy_llm_tokens", "LLM tokens read from streams' usage", ["route", "kind"],
+                              registry=r)
+        self.llm_cancelled = Counter("sseproxy_llm_streams_cancelled", "LLM streams the client left before the end",
+                                     ["route"], registry=r)
 
     def observe(self, record: RequestRecord) -> None:
         route = record.route or "-"
@@ -59,6 +65,14 @@ class Metrics:
             self.heartbeats.labels(route).inc(record.heartbeats)
         if record.outcome is Outcome.CLIENT_CLOSED:
             self.client_hangups.labels(route).inc()
+            if record.llm:
+                self.llm_cancelled.labels(route).inc()
+        if record.tokens_in:
+            self.tokens.labels(route, "input").inc(record.tokens_in)
+        if record.tokens_out:
+            self.tokens.labels(route, "output").inc(record.tokens_out)
+        for status in record.retried:
+            self.retries.labels(route, str(status)).inc()
         if record.outcome in UPSTREAM_FAILURES:
             self.upstream_errors.labels(route, record.error_type or record.outcome.value).inc()
 

@@ -9,19 +9,25 @@ release or close the upstream) → one access-log line, metrics, hooks' end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from . import admin, auth, cors, websocket
 from .accesslog import AccessLog, RequestRecord
 from .aiohttp_internals import ParserRefusal, send_100_continue
+from .auth import presented_token
 from .errors import BodyTooLarge, Forbidden, NotImplementedCoding, Outcome, ProxyError, UpstreamUnavailable
 from .exchange import Exchange
+from .limits import Lease
 from .plan import plan_response
+from .retry import ReplayableBody
 from .routing import check_target, find_route, parse_host
 from .runtime import Runtime
 from .streaming import Relay
@@ -99,9 +105,9 @@ class ProxyHandler:
             raise
         finally:
             record.total = loop.time() - record.started
+            exchange.end_hooks()  # first: hooks add to the record (usage) what the log and metrics show
             self.access_log.write(record)
             self.runtime.metrics.observe(record)
-            exchange.end_hooks()
             self.runtime.leave(snapshot)
 
     async def _serve(self, exchange: Exchange) -> web.StreamResponse:
@@ -151,26 +157,69 @@ class ProxyHandler:
         return await websocket.relay(exchange.request, upstream)
 
     async def _proxy(self, exchange: Exchange) -> web.StreamResponse:
+        lease = self._lease(exchange)
+        try:
+            upstream = await self._send(exchange)
+            return await self._respond(exchange, upstream)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _lease(self, exchange: Exchange) -> Lease | None:
+        """One of the route's concurrent-stream slots (``limits``), or 429 when they are all taken."""
+        limits, snapshot, request = exchange.matched.limits, exchange.snapshot, exchange.request
+        if limits is None:
+            return None
+        token = presented_token(snapshot.auth.header, request.headers.get(snapshot.auth.header)) \
+            if snapshot.auth is not None else None
+        lease = limits.acquire(limits.key_for(token=token, client=request.remote))
+        if lease is None:
+            raise limits.refusal(exchange.matched.label)
+        return lease
+
+    async def _send(self, exchange: Exchange) -> aiohttp.ClientResponse:
+        """The upstream's response head, after the retries the route allows: only before anything
+        reached the client, to the next upstream first, resending a body kept up to ``retry.max_body``."""
         request, route, record, target = exchange.request, exchange.matched, exchange.record, exchange.target
         assert target is not None
         limit = BodyLimit(exchange)
         limit.check_declared()
         await send_100_continue(request)
+        chunks = limit.chunks() if request.body_exists else None
+        body = ReplayableBody(chunks, route.retry.max_body, request.content_length) \
+            if chunks is not None and route.retry.enabled else None
         outbound = OutboundRequest(request.method, target.path, target.query, exchange.outbound_headers(),
-                                   limit.chunks() if request.body_exists else None)
-        try:
-            upstream = await send(self.runtime.pools, route, outbound)
-        except ProxyError:
+                                   body if body is not None else chunks)
+        while True:
+            try:
+                upstream = await send(self.runtime.pools, route, outbound)
+            except ProxyError:
+                if limit.exceeded:
+                    raise limit.error() from None
+                raise
             if limit.exceeded:
-                raise limit.error() from None
-            raise
-        if limit.exceeded:
-            upstream.close()
-            raise limit.error()
+                upstream.close()
+                raise limit.error()
+            delay = route.retry.next_delay(record.attempts, upstream.status, upstream.headers.get("Retry-After"),
+                                           time.time())
+            if delay is None or (chunks is not None and (body is None or not body.replayable)):
+                break
+            log.info("%s %s: upstream answered %d, retrying in %.3gs (attempt %d of %d)", request.method,
+                     record.path, upstream.status, delay, record.attempts + 1, route.retry.attempts)
+            upstream.close()  # ends this attempt's body writer before the body is read again
+            record.retried.append(upstream.status)
+            record.attempts += 1
+            await asyncio.sleep(delay)
+            if body is not None:
+                outbound = dataclasses.replace(outbound, body=body.replay())
         record.ttfb = asyncio.get_running_loop().time() - record.started
         if upstream.status == 101:  # switching protocols without being asked: never carried on as HTTP (Go: 502)
             upstream.close()
             raise UpstreamUnavailable("the upstream switched protocols (101) on a request that asked for no upgrade")
+        return upstream
+
+    async def _respond(self, exchange: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        request, route, record = exchange.request, exchange.matched, exchange.record
         try:
             plan = plan_response(upstream.headers, route, exchange.origin)
         except ValueError as error:

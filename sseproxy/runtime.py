@@ -19,11 +19,14 @@ from .config import Config, HeaderRules, RequestHeaderRules, Route, is_loopback_
 from .cors import CorsPolicy, compile_cors
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
 from .hooks import HookFactory
+from .limits import ConcurrencyLimits, StreamCounts
 from .metrics import Metrics
 from .recorder import Recorder
 from .registry import Registry
+from .retry import NO_RETRY, RetryPolicy
 from .routing import RoundRobin, join_path
 from .upstream import Origin, Pools, Timeouts, origin_of
+from .usage import UsageHooks
 
 DEFAULT_CONNECT = 10.0
 DEFAULT_IDLE = 300.0
@@ -50,6 +53,8 @@ class RouteRuntime:
     compression: str               # auto | pass | identity
     local_upstream: bool           # any upstream on loopback, a private address or a dotless name
     hooks: tuple[HookFactory, ...] = ()   # this route's features (recording, resume, usage...)
+    retry: RetryPolicy = NO_RETRY
+    limits: ConcurrencyLimits | None = None
 
     def rewrite_location(self, value: str) -> str:
         bases = [(f"{u.scheme}://{u.raw_authority}", u.raw_path if u.raw_path != "/" else "")
@@ -121,7 +126,8 @@ def _timeouts(route: Route, config: Config) -> Timeouts:
                     idle=pick(route.timeouts.idle, config.timeouts.idle, DEFAULT_IDLE))
 
 
-def _compile_route(route: Route, config: Config, hooks: tuple[HookFactory, ...]) -> RouteRuntime:
+def _compile_route(route: Route, config: Config, hooks: tuple[HookFactory, ...], counts: StreamCounts
+                   ) -> RouteRuntime:
     return RouteRuntime(
         label=route.label,
         prefix=route.path,
@@ -143,6 +149,8 @@ def _compile_route(route: Route, config: Config, hooks: tuple[HookFactory, ...])
         compression=route.upstream_compression or config.upstream_compression,
         local_upstream=any(is_local_host(urlsplit(u).hostname or "") for u in route.upstream),
         hooks=hooks,
+        retry=RetryPolicy.from_config(config.retry_for(route)),
+        limits=ConcurrencyLimits.from_config(config.limits_for(route), scope=route.label, counts=counts),
     )
 
 
@@ -166,11 +174,14 @@ def _secrets(config: Config) -> tuple[str, ...]:
     return tuple({s for s in (*values, *words) if s})
 
 
-def compile_config(config: Config) -> Snapshot:
+def compile_config(config: Config, counts: StreamCounts | None = None) -> Snapshot:
+    """``counts`` (the streams each limit holds now) outlives reloads: pass the runtime's."""
     secrets = _secrets(config)
+    counts = counts if counts is not None else StreamCounts()
     recorders = {d: Recorder(d, secrets) for r in config.routes if (d := config.record_dir(r)) is not None}
-    routes = [_compile_route(r, config, (recorders[d],) if (d := config.record_dir(r)) is not None else ())
-              for r in config.routes]
+    usage = UsageHooks()
+    routes = [_compile_route(r, config, (usage, *((recorders[d],) if (d := config.record_dir(r)) else ())),
+                             counts) for r in config.routes]
     tokens = tuple(t.get_secret_value() for t in config.inbound_auth.tokens) if config.inbound_auth else ()
     auth = (AuthPolicy(config.inbound_auth.header, tuple(t.encode() for t in tokens))
             if config.inbound_auth is not None else None)
@@ -195,6 +206,7 @@ class Runtime:
     in flight and the process-wide hooks (``--tap``)."""
 
     snapshot: Snapshot
+    counts: StreamCounts = field(default_factory=StreamCounts)  # concurrency limits' state, across reloads
     pools: Pools = field(default_factory=Pools)
     metrics: Metrics = field(default_factory=Metrics)
     streams: Registry = field(default_factory=Registry)

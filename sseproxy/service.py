@@ -12,6 +12,7 @@ from pathlib import Path
 from .accesslog import AccessLog
 from .config import Config
 from .errors import ConfigError
+from .limits import StreamCounts
 from .loader import Overrides, load
 from .logs import LineFormatter, Redactor
 from .metrics import Metrics
@@ -44,9 +45,10 @@ class Service:
         self.options = options
         self.redactor = redactor
         self.formatter = formatter
-        snapshot = compile_config(config)
+        counts = StreamCounts()
+        snapshot = compile_config(config, counts)
         redactor.add(snapshot.secrets)
-        self.runtime = Runtime(snapshot, hooks=(Tap(redact=redactor),) if options.tap else (),
+        self.runtime = Runtime(snapshot, counts=counts, hooks=(Tap(redact=redactor),) if options.tap else (),
                                metrics=Metrics(options.metrics_dir))
         self.access_log = AccessLog(enabled=config.access_log != "off")
         self.listener = Listener(self.runtime, self.access_log, reuse_port=options.reuse_port)
@@ -66,7 +68,7 @@ class Service:
             log.error("reload failed, keeping the old config:\n%s", e)
             self.runtime.metrics.reloads.labels("failed").inc()
             return False
-        snapshot = compile_config(config)
+        snapshot = compile_config(config, self.runtime.counts)
         self.redactor.add(snapshot.secrets)
         self.runtime.swap(snapshot)
         self._apply_access_log(snapshot.access_log)

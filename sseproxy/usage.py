@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .accesslog import RequestRecord
     from .hooks import ExchangeInfo
 
+LOOK_AT = 64 * 1024  # request-body bytes searched for a model name (an LLM call names it near the start)
 MARKER = b"_tokens"  # in every usage object the meter reads; checked before any parse
 _IN_NAMES = ("prompt_tokens", "input_tokens")
 _OUT_NAMES = ("completion_tokens", "output_tokens")
@@ -106,12 +107,16 @@ class UsageMeter:
 class UsageHook:
     """One exchange's meter: reads event streams only, and puts the counts in the record at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, method: str) -> None:
         self.meter = UsageMeter()
         self._sse = False
+        self._named_model = False
+        self._looked = 0 if method == "POST" else LOOK_AT  # request-body bytes looked at for a model name
 
     def request_body(self, chunk: bytes) -> None:
-        pass
+        if self._looked < LOOK_AT:
+            self._named_model = self._named_model or b'"model"' in chunk[: LOOK_AT - self._looked]
+            self._looked += len(chunk)
 
     def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
         self._sse = kind is StreamKind.SSE
@@ -123,10 +128,11 @@ class UsageHook:
     def end(self, record: RequestRecord) -> None:
         record.tokens_in = self.meter.tokens_in
         record.tokens_out = self.meter.tokens_out
+        record.llm = self._sse and self._named_model
 
 
 class UsageHooks:
     """The ``HookFactory``: a meter for every exchange (one that is not an event stream costs a flag check)."""
 
     def open(self, info: ExchangeInfo) -> UsageHook:
-        return UsageHook()
+        return UsageHook(info.method)
