@@ -202,7 +202,8 @@ class ProxyHandler:
                 raise limit.error()
             delay = route.retry.next_delay(record.attempts, upstream.status, upstream.headers.get("Retry-After"),
                                            time.time())
-            if delay is None or (chunks is not None and (body is None or not body.replayable)):
+            resendable = chunks is None or (body is not None and body.replayable and body.complete)
+            if delay is None or not resendable:  # a body not kept whole is never resent in part
                 break
             log.info("%s %s: upstream answered %d, retrying in %.3gs (attempt %d of %d)", request.method,
                      record.path, upstream.status, delay, record.attempts + 1, route.retry.attempts)

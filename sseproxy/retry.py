@@ -106,6 +106,11 @@ class ReplayableBody:
         self._started = False
 
     @property
+    def complete(self) -> bool:
+        """The client's whole body has been read (and, while ``replayable``, kept)."""
+        return self._done
+
+    @property
     def kept(self) -> int:
         """Bytes kept to resend."""
         return self._size
