@@ -183,3 +183,132 @@ async def test_an_llm_stream_the_client_left_is_counted_as_cancelled(caplog: pyt
             text = await scrape_after_log(runtime, caplog)
             gate.release(None)
     assert metric(text, "sseproxy_llm_streams_cancelled_total", route="llm") == 1
+
+
+def openai_style(seen: list[bytes], first: int, retry_after: str) -> web.Application:
+    """An OpenAI-style chat completions endpoint: answers ``first`` once, then streams with usage."""
+    answered = 0
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        nonlocal answered
+        seen.append(await request.read())
+        answered += 1
+        if answered == 1:
+            return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=first,
+                                     headers={"Retry-After": retry_after})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, word in enumerate(["Hello", ", ", "world"]):
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            del i
+        usage = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                 "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}}
+        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    return app
+
+
+async def test_the_openai_sdk_gets_the_whole_answer_after_the_proxy_retries_a_429() -> None:
+    import openai
+
+    seen: list[bytes] = []
+    async with running_app(openai_style(seen, 429, "1")) as up, running_proxy({"routes": [
+            {"name": "openai", "path": "/openai", "upstream": f"{up}/v1",
+             "request_headers": {"set": {"Authorization": "Bearer sk-proxy-side-0123456789"}},
+             "retry": {"on": [429], "attempts": 2}}]}) as (proxy, runtime):
+        client = openai.AsyncOpenAI(base_url=f"{proxy}/openai", api_key="unused", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True})
+        words = [c.choices[0].delta.content async for c in stream if c.choices]
+        await client.close()
+        text = runtime.metrics.render().decode()
+    assert "".join(w or "" for w in words) == "Hello, world"
+    assert len(seen) == 2 and seen[0] == seen[1]  # two identical bodies
+    assert metric(text, "sseproxy_upstream_retries_total", route="openai", status="429") == 1
+
+
+def anthropic_style(name: str, seen: list[str]) -> web.Application:
+    """An Anthropic-style messages endpoint: "overloaded" upstream answers 529, the other streams."""
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        seen.append(name)
+        if name == "overloaded":
+            return web.json_response({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+                                     status=529)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = [
+            ("message_start", {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": "Hi there"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "usage": {"output_tokens": 15}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        for event, data in events:
+            await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+async def test_the_anthropic_sdk_is_failed_over_from_a_529_and_usage_lands_in_the_metrics() -> None:
+    import anthropic
+
+    seen: list[str] = []
+    async with running_app(anthropic_style("overloaded", seen)) as busy, running_app(
+            anthropic_style("ready", seen)) as ready, running_proxy({"routes": [
+            {"name": "anthropic", "path": "/anthropic", "upstream": [busy, ready],
+             "retry": {"on": [529], "attempts": 3, "backoff": "10ms"}}]}) as (proxy, runtime):
+        client = anthropic.AsyncAnthropic(base_url=f"{proxy}/anthropic", api_key="unused", max_retries=0)
+        async with client.messages.stream(model="claude", max_tokens=64,
+                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+            text = "".join([t async for t in stream.text_stream])
+        await client.close()
+        for _ in range(100):  # bounded: until the stream's end has been counted
+            metrics = runtime.metrics.render().decode()
+            if metric(metrics, "sseproxy_llm_tokens_total", route="anthropic", kind="output"):
+                break
+            await asyncio.sleep(0.02)
+    assert text == "Hi there"
+    assert seen == ["overloaded", "ready"]
+    assert metric(metrics, "sseproxy_llm_tokens_total", route="anthropic", kind="input") == 25
+    assert metric(metrics, "sseproxy_llm_tokens_total", route="anthropic", kind="output") == 15
+
+
+@pytest.mark.parametrize("end", ["hang_up", "upstream_error"])
+async def test_a_limit_slot_is_freed_however_the_stream_ends(end: str) -> None:
+    gate = Gate()
+    async with running_app(held_stream(gate)) as up, running_proxy({"routes": [
+            {"upstream": up, "timeouts": {"idle": "300ms"}, "heartbeat": 0,
+             "limits": {"concurrent_streams": 1}}]}) as (proxy, _):
+        first = await raw_request(proxy, "GET", "/", {})
+        gate.release(b"data: 1\n\n")
+        assert await first.next_chunk() == b"data: 1\n\n"
+        assert (await raw_request(proxy, "GET", "/", {})).status == 429
+        if end == "hang_up":
+            first.writer.transport.abort()
+        # else: the upstream falls silent past idle, which ends the stream as an upstream error
+        for _ in range(100):  # bounded: until the slot has come back
+            again = await raw_request(proxy, "GET", "/", {})
+            if again.status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert again.status == 200
+        gate.release(None)
