@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -48,6 +48,13 @@ class ParserRefusal:
 
 
 OnRefused = Callable[[ParserRefusal], None]
+
+
+class FlowListener(Protocol):
+    """A relay that writes to the client's transport itself and follows its flow control."""
+
+    def client_paused(self) -> None: ...
+    def client_resumed(self) -> None: ...
 HEAD_TOO_LARGE = b"Request Header Fields Too Large"
 
 
@@ -77,6 +84,21 @@ class ProxyProtocol(RequestHandler):
         self._on_refused = on_refused
         self._deadline: asyncio.TimerHandle | None = None
         self._head: bytearray | None = bytearray()  # None: the head is complete, bytes are not watched
+        self.flow: FlowListener | None = None       # a relay writing to this client directly
+
+    @property
+    def writing_paused(self) -> bool:
+        return bool(self._paused)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.flow is not None:
+            self.flow.client_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.flow is not None:
+            self.flow.client_resumed()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

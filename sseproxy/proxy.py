@@ -19,14 +19,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import admin, auth, cors, websocket
+from . import admin, auth, cors, h1, websocket
 from .accesslog import AccessLog, RequestRecord
-from .aiohttp_internals import ParserRefusal, send_100_continue
+from .aiohttp_internals import ParserRefusal, ProxyProtocol, send_100_continue
 from .auth import presented_token
 from .errors import BodyTooLarge, Forbidden, NotImplementedCoding, Outcome, ProxyError, UpstreamUnavailable
 from .exchange import Exchange
 from .limits import Lease
 from .plan import plan_response
+from .relay_callbacks import CallbackRelay
 from .retry import ReplayableBody
 from .routing import check_target, find_route, parse_host
 from .runtime import Runtime
@@ -34,6 +35,7 @@ from .streaming import Relay
 from .upstream import OutboundRequest, send
 
 log = logging.getLogger("sseproxy")
+Upstream = aiohttp.ClientResponse | h1.H1Response
 
 
 class BodyLimit:
@@ -177,7 +179,7 @@ class ProxyHandler:
             raise limits.refusal(exchange.matched.label)
         return lease
 
-    async def _send(self, exchange: Exchange) -> aiohttp.ClientResponse:
+    async def _send(self, exchange: Exchange) -> Upstream:
         """The upstream's response head, after the retries the route allows: only before anything
         reached the client, to the next upstream first, resending a body kept up to ``retry.max_body``."""
         request, route, record, target = exchange.request, exchange.matched, exchange.record, exchange.target
@@ -192,7 +194,11 @@ class ProxyHandler:
                                    body if body is not None else chunks)
         while True:
             try:
-                upstream = await send(self.runtime.pools, route, outbound)
+                upstream: Upstream
+                if route.plain_http and request.method != "HEAD":
+                    upstream = await h1.send(self.runtime.h1, route, outbound)
+                else:  # TLS, and HEAD (whose body-less answer the lean parser cannot be told of)
+                    upstream = await send(self.runtime.pools, route, outbound)
             except ProxyError:
                 if limit.exceeded:
                     raise limit.error() from None
@@ -219,7 +225,7 @@ class ProxyHandler:
             raise UpstreamUnavailable("the upstream switched protocols (101) on a request that asked for no upgrade")
         return upstream
 
-    async def _respond(self, exchange: Exchange, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _respond(self, exchange: Exchange, upstream: Upstream) -> web.StreamResponse:
         request, route, record = exchange.request, exchange.matched, exchange.record
         try:
             plan = plan_response(upstream.headers, route, exchange.origin)
@@ -241,7 +247,12 @@ class ProxyHandler:
         except BaseException:
             upstream.close()  # nothing was relayed: the upstream connection is not reused
             raise
-        relay = Relay(exchange, upstream, response, plan)
+        relay: Relay | CallbackRelay
+        if isinstance(upstream, h1.H1Response) and isinstance(request.protocol, ProxyProtocol):
+            relay = CallbackRelay(exchange, upstream, response, plan)
+        else:
+            assert isinstance(upstream, aiohttp.ClientResponse)
+            relay = Relay(exchange, upstream, response, plan)
         if not plan.streams:
             record.outcome = (await relay.run()).outcome
             return response

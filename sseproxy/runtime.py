@@ -17,6 +17,7 @@ from yarl import URL
 
 from .config import Config, HeaderRules, RequestHeaderRules, Route, is_loopback_host
 from .cors import CorsPolicy, compile_cors
+from .h1 import H1Pools, address
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
 from .hooks import HookFactory
 from .limits import ConcurrencyLimits, StreamCounts
@@ -55,6 +56,7 @@ class RouteRuntime:
     hooks: tuple[HookFactory, ...] = ()   # this route's features (recording, resume, usage...)
     retry: RetryPolicy = NO_RETRY
     limits: ConcurrencyLimits | None = None
+    plain_http: bool = False       # every upstream is http://: the lean client (h1) serves it
 
     def rewrite_location(self, value: str) -> str:
         bases = [(f"{u.scheme}://{u.raw_authority}", u.raw_path if u.raw_path != "/" else "")
@@ -83,6 +85,7 @@ class Snapshot:
     config: Config                     # what the user wrote: for `check` and reloads, not for requests
     routes: list[RouteRuntime]
     origins: frozenset[Origin]         # the upstream pools its routes use
+    addresses: frozenset[tuple[str, int]]  # the plain-http upstreams' (host, port), for the lean pools
     allowed_hosts: frozenset[str]      # exact hosts (lower case, without port); "*" allows any
     auth: AuthPolicy | None
     trusted_proxies: tuple[IpNetwork, ...]
@@ -151,6 +154,7 @@ def _compile_route(route: Route, config: Config, hooks: tuple[HookFactory, ...],
         hooks=hooks,
         retry=RetryPolicy.from_config(config.retry_for(route)),
         limits=ConcurrencyLimits.from_config(config.limits_for(route), scope=route.label, counts=counts),
+        plain_http=all(urlsplit(u).scheme == "http" for u in route.upstream),
     )
 
 
@@ -189,6 +193,7 @@ def compile_config(config: Config, counts: StreamCounts | None = None) -> Snapsh
         config=config,
         routes=routes,
         origins=frozenset(origin_of(u) for r in routes for u in r.upstreams.urls),
+        addresses=frozenset(address(u) for r in routes for u in r.upstreams.urls if u.scheme == "http"),
         allowed_hosts=_allowed_hosts(config),
         auth=auth,
         trusted_proxies=tuple(ipaddress.ip_network(c, strict=False) for c in config.trusted_proxies),
@@ -208,6 +213,7 @@ class Runtime:
     snapshot: Snapshot
     counts: StreamCounts = field(default_factory=StreamCounts)  # concurrency limits' state, across reloads
     pools: Pools = field(default_factory=Pools)
+    h1: H1Pools = field(default_factory=H1Pools)
     metrics: Metrics = field(default_factory=Metrics)
     streams: Registry = field(default_factory=Registry)
     hooks: Sequence[HookFactory] = ()
@@ -236,6 +242,7 @@ class Runtime:
         retired = [s for s in self.retiring if s.in_flight.count == 0]
         self.retiring = [s for s in self.retiring if s.in_flight.count > 0]
         self.pools.close_except({o for s in (self.snapshot, *self.retiring) for o in s.origins})
+        self.h1.close_except({a for s in (self.snapshot, *self.retiring) for a in s.addresses})
         for snapshot in retired:
             for recorder in snapshot.recorders:
                 self.pools.in_background(recorder.close())
@@ -244,4 +251,5 @@ class Runtime:
         """At exit: the pools, and the current snapshot's recordings written to the end."""
         for recorder in self.snapshot.recorders:
             await recorder.close()
+        await self.h1.close()
         await self.pools.close()

@@ -220,29 +220,29 @@ async def test_a_reload_closes_dropped_upstream_pools_once_their_last_stream_end
     from yarl import URL
 
     from sseproxy.config import Config
+    from sseproxy.h1 import address
     from sseproxy.runtime import compile_config
-    from sseproxy.upstream import origin_of
 
     gate = Gate()
     async with running_app(gated_stream_app(gate, "text/event-stream")) as old_up, \
             running_app(echo_app()) as new_up, \
             running_proxy({"routes": [{"upstream": old_up}]}) as (proxy, runtime):
-        old, new = origin_of(URL(old_up)), origin_of(URL(new_up))
+        old, new = address(URL(old_up)), address(URL(new_up))  # plain-http upstreams: the lean pools
         stream = await raw_request(proxy, "GET", "/", {})
         gate.release(b"data: 1\n\n")
         assert await stream.next_chunk() == b"data: 1\n\n"
         runtime.swap(compile_config(Config.model_validate({"listen": "127.0.0.1:0", "routes": [{"upstream": new_up}]})))
         assert (await raw_request(proxy, "GET", "/x", {})).status == 200  # new requests: the new upstream
-        assert runtime.pools.origins() == {old, new}  # the old pool stays while its stream runs
+        assert runtime.h1.addresses() == {old, new}  # the old pool stays while its stream runs
         gate.release(b"data: 2\n\n")
         assert await stream.next_chunk() == b"data: 2\n\n"
         gate.release(None)
         assert await stream.next_chunk() is None
         for _ in range(100):  # bounded: until the handler has finished and let go of the old snapshot
-            if runtime.pools.origins() == {new}:
+            if runtime.h1.addresses() == {new}:
                 break
             await asyncio.sleep(0.05)
-        assert runtime.pools.origins() == {new}
+        assert runtime.h1.addresses() == {new}
 
 
 async def test_two_workers_both_serve_one_port_and_metrics_count_both() -> None:

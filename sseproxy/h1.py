@@ -1,0 +1,489 @@
+"""A lean HTTP/1.1 client for plain-http upstreams: keep-alive connections opened and reused with a
+few tens of microseconds of Python per request, and the response body handed to a sink from the
+protocol's own ``data_received`` (no future, no task, no reader per chunk).
+
+httptools (llhttp, as uvicorn uses it) parses the responses. aiohttp's ClientSession stays for TLS
+upstreams, WebSocket handshakes and HEAD requests. What the guarded aiohttp connector does for those,
+this does too: a pooled connection that turns readable while idle is closed; bytes after a complete
+response close the connection (the response is relayed); at most ``MAX_INTERIM`` 1xx responses; a
+101 nobody asked for, a reset ending a close-delimited body, and a response that arrives before the
+request body was sent are never taken for a clean, reusable exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterable
+from typing import Protocol, cast
+
+import aiohttp
+import aiohttp.abc
+import aiohttp.connector
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .errors import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .upstream import OutboundRequest, Timeouts, UpstreamTarget, with_failover
+
+log = logging.getLogger("sseproxy")
+
+MAX_INTERIM = 5          # 1xx responses accepted before the final one (Go's limit)
+KEEPALIVE = 15.0         # seconds an idle pooled connection is kept (aiohttp's default)
+EARLY_BODY = 256 * 1024  # body bytes held before a sink is attached; past it the socket is not read
+DNS_TTL = 10.0           # seconds a name's addresses are kept (aiohttp's connector keeps them as long)
+_BODYLESS = {204, 304}
+
+
+class BodySink(Protocol):
+    def body(self, data: bytes) -> None:
+        """A piece of the response body (de-chunked), in the protocol's callback."""
+
+    def finished(self, error: BaseException | None) -> None:
+        """The body ended: cleanly (``None``) or not."""
+
+
+class H1Response:
+    """The head of an upstream response; the body goes to the sink given to ``attach``."""
+
+    def __init__(self, connection: H1Connection, status: int, reason: str, headers: CIMultiDictProxy[str]):
+        self.connection = connection
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+    def attach(self, sink: BodySink) -> None:
+        self.connection.attach(sink)
+
+    def pause(self) -> None:
+        self.connection.pause_reading()
+
+    def resume(self) -> None:
+        self.connection.resume_reading()
+
+    def close(self) -> None:
+        """Abort: the upstream sees its connection closed at once (no tokens generated for nobody)."""
+        self.connection.abort()
+
+    def release(self) -> None:
+        """The exchange ended cleanly: the connection goes back to the pool if it may be reused."""
+        self.connection.finish()
+
+
+class H1Connection(asyncio.Protocol):
+    def __init__(self, pool: H1Pool):
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.idle = False
+        self.reused = False
+        self._head: asyncio.Future[H1Response] | None = None
+        self._sink: BodySink | None = None
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._headers: list[tuple[str, str]] = []
+        self._reason = ""
+        self._interim = 0
+        self._in_body = False
+        self._complete = False       # the current response's body ended by its own framing
+        self._trailing = False       # bytes came after a complete response
+        self._close_delimited = False
+        self._keep_alive = True
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._body_task: asyncio.Task[None] | None = None
+        self.body_sent = True
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        self._early_error: BaseException | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle or self._complete:
+            if self.idle:
+                log.warning("unsolicited bytes on an idle upstream connection: closed, never reused")
+            self._trailing = True
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except Exception:
+            if self._trailing:  # the response before them was whole and is relayed; the connection is not
+                self.abort()
+                return
+            self._parse_failed()
+
+    def _parse_failed(self) -> None:
+        """Map what stopped the parser (re-raised here) to the error the client is told of."""
+        try:
+            raise
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamUnavailable("the upstream switched protocols (101) on a request that asked "
+                                           "for no upgrade"))
+        except (UpstreamError, UpstreamUnavailable) as error:
+            self._fail(error)
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__cause__ or error.__context__
+            self._fail(cause if isinstance(cause, UpstreamError | UpstreamUnavailable)
+                       else UpstreamUnavailable(f"upstream response rejected: {error}"))
+        except httptools.HttpParserError as error:
+            self._fail(UpstreamError(f"upstream response was badly framed: {error}") if self._in_body
+                       else UpstreamUnavailable(f"upstream sent a malformed response: {error}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: a half-closed upstream sends nothing more
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self.pool.forget(self)
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        if self._body_task is not None and not self._body_task.done():
+            self._body_task.cancel()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionResetError("upstream connection lost"))
+        if self._complete or self.idle:
+            return
+        if self._in_body and self._close_delimited and exc is None:
+            self._end(None)  # only an orderly FIN completes a body delimited by the close
+        elif self._in_body:
+            reason = "reset" if exc is not None else "closed"
+            self._end(UpstreamError(f"upstream connection was {reason} before the body ended"))
+        else:
+            self._fail(UpstreamUnavailable("upstream closed the connection before responding"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second response in the same read as the first: never taken as one
+            self._trailing = True
+            raise UpstreamUnavailable("bytes after a complete response")
+        self._headers = []
+        self._reason = ""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise UpstreamUnavailable(f"the upstream sent over {MAX_INTERIM} interim (1xx) responses")
+            return
+        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        framed = "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self._close_delimited = not framed and status not in _BODYLESS
+        self._keep_alive = self.parser.should_keep_alive() and not self._close_delimited
+        self._in_body = True
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(H1Response(self, status, self._reason, headers))
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.body(body)
+            return
+        self._early.append(body)
+        self._early_size += len(body)
+        if self._early_size > EARLY_BODY and self.transport is not None:
+            self.transport.pause_reading()  # bounded until the relay attaches
+
+    def on_message_complete(self) -> None:
+        if not self._in_body:
+            return  # an interim response ended
+        self._complete = True
+        self._end(None)
+
+    # -- the exchange ---------------------------------------------------------------------------
+    async def exchange(self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool,
+                       timeouts: Timeouts, where: str) -> H1Response:
+        """Send one request; returns when the response head has arrived."""
+        self._head = self.loop.create_future()
+        assert self.transport is not None
+        self.transport.write(head)
+        if body is not None:
+            self.body_sent = False
+            self._body_task = self.loop.create_task(self._send_body(body, chunked))
+        try:
+            async with asyncio.timeout(timeouts.idle or None):
+                return await self._head
+        except TimeoutError:
+            self.abort()
+            raise UpstreamTimeout(f"{where} sent no response headers within {timeouts.idle:g}s") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    async def _send_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+        try:
+            async for chunk in body:
+                if not chunk or self.transport is None:
+                    continue
+                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if self._write_paused:
+                    self._drained = self.loop.create_future()
+                    await self._drained
+            if chunked and self.transport is not None:
+                self.transport.write(b"0\r\n\r\n")
+            self.body_sent = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the client's body failed (413, the client left): end this exchange
+            self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(error)
+            self.abort()
+            return
+        self._end(error)
+        self.abort()
+
+    def _end(self, error: BaseException | None) -> None:
+        if not self._in_body:
+            return
+        self._in_body = False
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.finished(error)
+        else:
+            self._early.append(b"")  # the end, for a sink attached later
+            self._early_error = error
+
+    def attach(self, sink: BodySink) -> None:
+        early, self._early, self._early_size = self._early, [], 0
+        ended = bool(early) and early[-1] == b""
+        for piece in early:
+            if piece:
+                sink.body(piece)
+        if ended:
+            sink.finished(self._early_error)
+            return
+        self._sink = sink
+        self.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self._sink = None
+        if self._body_task is not None and not self._body_task.done():
+            self._body_task.cancel()
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+        self.pool.forget(self)
+
+    def finish(self) -> None:
+        """Back to the pool when the exchange was clean and whole; else closed."""
+        reusable = (self._complete and self._keep_alive and self.body_sent and not self._trailing
+                    and not self._lost and self.transport is not None and not self.transport.is_closing())
+        if not reusable:
+            self.abort()
+            return
+        self._complete = False
+        self._head = None
+        self._interim = 0
+        self.reused = True
+        self.pool.put(self)
+
+    def park(self) -> None:
+        """Idle in the pool: any byte now is unsolicited; closed after ``KEEPALIVE`` unused."""
+        self.idle = True
+        self._keepalive_timer = self.loop.call_later(KEEPALIVE, self.abort)
+        self.resume_reading()
+
+    def unpark(self) -> None:
+        self.idle = False
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+
+
+class Addresses:
+    """Names resolved through aiohttp's resolver (the one its connector uses), kept ``DNS_TTL``
+    seconds, so a burst of new streams does not make a lookup each; IP literals are not looked up."""
+
+    def __init__(self) -> None:
+        self._resolver: aiohttp.abc.AbstractResolver | None = None
+        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    async def lookup(self, host: str, port: int) -> list[str]:
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host.strip("[]"))
+            return [host.strip("[]")]
+        loop = asyncio.get_running_loop()
+        cached = self._cache.get((host, port))
+        if cached is not None and cached[0] > loop.time():
+            return cached[1]
+        if self._resolver is None:
+            self._resolver = aiohttp.connector.DefaultResolver()  # type: ignore[attr-defined]  # the one the connector uses
+        found = [r["host"] for r in await self._resolver.resolve(host, port, socket.AF_UNSPEC)]
+        self._cache[(host, port)] = (loop.time() + DNS_TTL, found)
+        return found
+
+    async def close(self) -> None:
+        if self._resolver is not None:
+            await self._resolver.close()
+
+
+class H1Pool:
+    """Keep-alive connections to one upstream origin (host, port)."""
+
+    def __init__(self, host: str, port: int, addresses: Addresses):
+        self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.port = port
+        self.addresses = addresses
+        self.idle: collections.deque[H1Connection] = collections.deque()
+        self.busy: set[H1Connection] = set()
+
+    def put(self, connection: H1Connection) -> None:
+        self.busy.discard(connection)
+        connection.park()
+        self.idle.append(connection)
+
+    def forget(self, connection: H1Connection) -> None:
+        self.busy.discard(connection)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(connection)
+
+    async def connection(self, timeouts: Timeouts, where: str) -> H1Connection:
+        while self.idle:
+            connection = self.idle.pop()  # the most recently used: the least likely to have timed out
+            connection.unpark()
+            if connection.transport is not None and not connection.transport.is_closing():
+                self.busy.add(connection)
+                return connection
+        try:
+            async with asyncio.timeout(timeouts.connect or None):
+                connection = await self._connect()
+        except TimeoutError:
+            raise UpstreamConnectTimeout(f"connecting to {where} took over {timeouts.connect:g}s") from None
+        except (socket.gaierror, aiohttp.ClientConnectorDNSError):
+            raise UpstreamConnectError(f"DNS lookup failed for {where}") from None
+        except OSError as error:
+            raise UpstreamConnectError(f"cannot connect to {where}: {error.strerror or error}") from None
+        self.busy.add(connection)
+        return connection
+
+    async def _connect(self) -> H1Connection:
+        """Each address the name resolves to in turn (localhost may be ::1 only, or 127.0.0.1 only)."""
+        last: OSError | None = None
+        for host in await self.addresses.lookup(self.host, self.port):
+            try:
+                _, connection = await self.loop.create_connection(lambda: H1Connection(self), host, self.port)
+                return connection
+            except OSError as error:
+                last = error
+        raise last or OSError(f"{self.host} resolves to no address")
+
+    def close(self) -> None:
+        for connection in [*self.idle, *self.busy]:
+            connection.abort()
+
+
+def request_head(out: OutboundRequest, target: str, host: str) -> tuple[bytes, bool]:
+    """The request line and headers, and whether the body goes chunked."""
+    headers = out.headers
+    chunked = out.body is not None and "Content-Length" not in headers
+    lines = [f"{out.method} {target} HTTP/1.1\r\n"]
+    if "Host" not in headers:
+        lines.append(f"Host: {host}\r\n")
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    if chunked:
+        lines.append("Transfer-Encoding: chunked\r\n")
+    elif out.body is None and "Content-Length" not in headers and out.method in ("POST", "PUT", "PATCH"):
+        lines.append("Content-Length: 0\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape"), chunked
+
+
+class H1Pools:
+    """One ``H1Pool`` per upstream (host, port), made on first use."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, int], H1Pool] = {}
+        self._addresses = Addresses()
+
+    def addresses(self) -> set[tuple[str, int]]:
+        return set(self._pools)
+
+    def get(self, host: str, port: int) -> H1Pool:
+        pool = self._pools.get((host, port))
+        if pool is None:
+            pool = self._pools[(host, port)] = H1Pool(host, port, self._addresses)
+        return pool
+
+    def close_except(self, keep: set[tuple[str, int]]) -> None:
+        for key in set(self._pools) - keep:
+            self._pools.pop(key).close()
+
+    async def close(self) -> None:
+        self.close_except(set())
+        await self._addresses.close()
+
+
+def address(url: URL) -> tuple[str, int]:
+    return url.raw_host or "", url.port or 80
+
+
+async def send(pools: H1Pools, target: UpstreamTarget, out: OutboundRequest) -> H1Response:
+    """Like ``upstream.send``, on this client: the next upstream while connecting fails."""
+
+    async def attempt(base: URL, url: URL) -> H1Response:
+        host, port = address(url)
+        pool = pools.get(host, port)
+        where = f"http://{host}:{port}"
+        path = url.raw_path_qs
+        head, chunked = request_head(out, path, url.raw_authority)
+        connection = await pool.connection(target.timeouts, where)
+        try:
+            return await connection.exchange(head, out.body, chunked, target.timeouts, where)
+        except UpstreamUnavailable:
+            if not (connection.reused and out.body is None):
+                raise
+        # a kept-alive connection the upstream closed just as it was reused: once more on a new one
+        connection = await pool.connection(target.timeouts, where)
+        return await connection.exchange(head, out.body, chunked, target.timeouts, where)
+
+    return await with_failover(target, out.path, out.query, attempt)
+
+

@@ -1,0 +1,241 @@
+"""The relay carried out in protocol callbacks: upstream bytes go from ``data_received``, through the
+de-chunking parser, the decoder and the framer, into the client's ``transport.write``, all in the
+same callback: no future, no task switch, no ``StreamResponse.write`` per event.
+
+Backpressure comes from the transports' own flow control: the client's ``pause_writing`` pauses
+the upstream's reading and ``resume_writing`` resumes it. One timer per stream, re-armed only when
+it fires (never per chunk), carries out the policy's heartbeat and idle deadlines. What to do when
+the stream ends is ``relay_policy.ending``, as for the awaiting relay in ``streaming.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from aiohttp import web
+
+from .aiohttp_internals import ProxyProtocol
+from .decoding import DecodeError
+from .errors import ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
+from .exchange import Exchange
+from .h1 import H1Response
+from .plan import StreamPlan
+from .relay_policy import HEARTBEAT, Ending, RelayPolicy, Tick, ending
+from .streaming import YIELD_EVERY
+
+
+class CallbackRelay:
+    """Moves one upstream body (from ``h1``) to one client response, in callbacks."""
+
+    def __init__(self, exchange: Exchange, upstream: H1Response, response: web.StreamResponse, plan: StreamPlan):
+        route = exchange.matched
+        self._exchange = exchange
+        self._upstream = upstream
+        self._response = response
+        self._plan = plan
+        self._hooks = exchange.hooks
+        self.framer = plan.framer()
+        self._decoder = plan.decoder
+        self._loop = asyncio.get_running_loop()
+        self._transport = exchange.request.transport
+        protocol = exchange.request.protocol
+        self._client = protocol if isinstance(protocol, ProxyProtocol) else None
+        self._chunked = "chunked" in response.headers.get("Transfer-Encoding", "")  # as prepare() chose
+        now = self._loop.time()
+        self.policy = RelayPolicy(heartbeat=route.heartbeat if plan.sse else 0.0,
+                                  idle=route.timeouts.idle, last_read=now, last_write=now)
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._failure: ProxyError | None = None
+        self._client_left = False
+        self._client_paused = False
+        self._yielding = False
+        self._pending: Iterator[bytes] | None = None   # decoded pieces not yet relayed (a bomb, yielding)
+        self._pending_end: tuple[BaseException | None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.bytes = self.heartbeats = 0
+        self.first_event_at: float | None = None
+
+    @property
+    def between_frames(self) -> bool:
+        return self.framer is None or not self.framer.mid_frame
+
+    @property
+    def events(self) -> int:
+        return self.framer.frames if self.framer is not None else 0
+
+    def stop(self) -> None:
+        """End this stream for shutdown, with a ``shutdown`` error event."""
+        self._fail(ShuttingDown("sseproxy is shutting down"))
+
+    async def run(self) -> Ending:
+        if self._client is not None:
+            self._client.flow = self
+            self._client_paused = self._client.writing_paused
+        self._arm()
+        self._upstream.attach(self)
+        self._update_reading()
+        try:
+            await self._done
+        except asyncio.CancelledError:  # the client hung up: the handler is cancelled
+            self._upstream.close()
+            raise
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._client is not None and self._client.flow is self:
+                self._client.flow = None
+            self._fill_record()
+        if self._failure is None and not self._client_left:
+            try:
+                await self._response.write_eof()
+            except ConnectionError:
+                self._client_left = True
+        end = ending(self._failure, client_left=self._client_left, sse=self._plan.sse,
+                     between_frames=self.between_frames, body_sent=self._exchange.body_sent)
+        if end.error_frame is not None:
+            self._write(end.error_frame)
+        if end.truncate and self._transport is not None:
+            self._transport.close()  # without the final chunk: a truncated transfer
+        if end.release:
+            self._upstream.release()
+        else:
+            self._upstream.close()
+        return end
+
+    # -- the client's flow control (ProxyProtocol calls these) ----------------------------------
+    def client_paused(self) -> None:
+        self._client_paused = True
+        self._update_reading()
+
+    def client_resumed(self) -> None:
+        self._client_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._client_paused or self._yielding:
+            self._upstream.pause()
+        else:
+            self._upstream.resume()
+
+    # -- BodySink: called from the upstream protocol --------------------------------------------
+    def body(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        self.policy.read(self._loop.time())
+        if self._decoder is None:
+            self._emit(data)
+            return
+        self._pending = self._decoder.decode(data)
+        self._relay_pending()
+
+    def finished(self, error: BaseException | None) -> None:
+        if self._done.done():
+            return
+        if self._pending is not None:
+            self._pending_end = (error,)  # after the decoded pieces still waiting their turn
+            return
+        if error is not None:
+            self._fail(error if isinstance(error, ProxyError) else UpstreamError(f"upstream failed: {error!r}"))
+            return
+        try:
+            tail = self._decoder.flush() if self._decoder is not None else b""
+        except DecodeError as exc:
+            self._fail(UpstreamError(str(exc)))
+            return
+        if tail:
+            self._emit(tail)
+        rest = self.framer.flush() if self.framer is not None else b""
+        if rest:
+            self._send(rest)  # an incomplete last frame, passed on as the upstream ended it
+        self._finish()
+
+    def _relay_pending(self) -> None:
+        """Relay decoded pieces; after ``YIELD_EVERY`` bytes, let the loop run others and go on
+        from a fresh callback (reading paused meanwhile), so a bomb never holds the loop."""
+        pieces, work = self._pending, 0
+        assert pieces is not None
+        try:
+            for piece in pieces:
+                self._emit(piece)
+                work += len(piece)
+                if self._done.done():
+                    break
+                if work >= YIELD_EVERY:
+                    self._yielding = True
+                    self._update_reading()
+                    self._loop.call_soon(self._relay_pending)
+                    return
+        except DecodeError as exc:
+            self._pending = None
+            self._fail(UpstreamError(str(exc)))
+            return
+        self._pending = None
+        if self._yielding:
+            self._yielding = False
+            self._update_reading()
+        if self._pending_end is not None:
+            (error,), self._pending_end = self._pending_end, None
+            self.finished(error)
+
+    def _emit(self, piece: bytes) -> None:
+        framer = self.framer
+        if framer is None:
+            self._send(piece)
+            return
+        out = framer.feed(piece)
+        if out:
+            if self.first_event_at is None and framer.frames:
+                self.first_event_at = self._loop.time()
+            self._send(out)
+
+    def _send(self, data: bytes) -> None:
+        """Body data from the upstream: written, then shown to the hooks."""
+        self._write(data)
+        for hook in self._hooks:
+            hook.data(data, self.policy.last_write)
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._client_left = True
+            self._finish()
+            return
+        self.policy.wrote(self._loop.time())
+        self.bytes += len(data)
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+
+    # -- the stream's one timer -----------------------------------------------------------------
+    def _arm(self) -> None:
+        deadline = self.policy.deadline()
+        if deadline is not None and not self._done.done():
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        tick = self.policy.tick(self._loop.time(), self.between_frames)
+        if tick is Tick.HEARTBEAT:
+            self._write(HEARTBEAT)
+            self.heartbeats += 1
+        elif tick is Tick.IDLE:
+            self._fail(UpstreamIdle(f"upstream sent nothing for {self.policy.idle:g}s"))
+            return
+        self._arm()
+
+    def _fail(self, failure: ProxyError) -> None:
+        if self._done.done():
+            return
+        self._failure = failure
+        self._upstream.close()  # the upstream request is cancelled at once
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def _fill_record(self) -> None:
+        record = self._exchange.record
+        record.bytes, record.events, record.heartbeats = self.bytes, self.events, self.heartbeats
+        if self.first_event_at is not None:
+            record.ttfe = self.first_event_at - record.started
+        if self._failure is not None:
+            record.error, record.error_type = self._failure.message, self._failure.type
