@@ -31,7 +31,7 @@ class Recorder:
 
     def __init__(self, pyspy: str, pid: int, raw: Path, cpus: frozenset[int] | None) -> None:
         self.raw = raw
-        self.log = raw.with_suffix(".log")
+        self.log = sibling(raw, ".log")
 
         def pin() -> None:  # beside the load client, not on the proxy's CPU
             if cpus is not None:
@@ -52,6 +52,11 @@ class Recorder:
                 self.proc.wait()
         if not self.raw.exists():
             raise RuntimeError(f"py-spy wrote no profile; its output: {self.log.read_text()[-2000:]}")
+
+
+def sibling(raw: Path, suffix: str) -> Path:
+    """``x.raw.txt`` -> ``x.svg``, ``x.top.txt``, ``x.log``."""
+    return raw.with_name(raw.name.removesuffix(".raw.txt") + suffix)
 
 
 def read_stacks(raw: Path) -> Counter[tuple[str, ...]]:
@@ -142,8 +147,8 @@ def flame_svg(stacks: Counter[tuple[str, ...]], title: str, width: int = 1200, r
 def save(raw: Path, scenario: str, n: int = 15) -> tuple[Path, Path, str]:
     """Write the SVG and the full top listing beside the raw file; return their paths and the top n."""
     stacks = read_stacks(raw)
-    svg = raw.with_suffix(".svg")
+    svg = sibling(raw, ".svg")
     svg.write_text(flame_svg(stacks, f"sseproxy, scenario {scenario}"))
-    listing = raw.with_suffix(".top.txt")
+    listing = sibling(raw, ".top.txt")
     listing.write_text(top_text(stacks, 200) + "\n")
     return svg, listing, top_text(stacks, n)
