@@ -178,8 +178,8 @@ def cpu_figures(sc: Scenario, t: Target, cpu: float, events: int) -> dict[str, f
 
 async def run_one(bench: Bench, sc: Scenario, t: Target) -> tuple[dict[str, float], dict[str, int]]:
     if t.service is not None and (sc.fresh or not t.service.alive()):
-        if not t.service.alive():
-            bench.notes.append(f"{t.name} had exited before {sc.key}; restarted (log: {t.service.log})")
+        if not t.service.alive() and t.service.starts:
+            bench.notes.append(f"{t.name} had exited before {sc.key}; restarted")
         await asyncio.to_thread(t.service.restart)
         if sc.fresh:
             await warm(t)
@@ -212,6 +212,9 @@ async def run_one(bench: Bench, sc: Scenario, t: Target) -> tuple[dict[str, floa
             print(f"\nprofile of sseproxy in {sc.key}: {svg}\n  raw stacks: {recorder.raw}\n  top listing: "
                   f"{listing}\n{top}\n", file=sys.stderr)
             bench.notes.append(f"py-spy profile of sseproxy in {sc.key}: {svg}, {listing}\n\n```\n{top}\n```")
+    if t.service is not None and not t.service.alive():
+        tail = t.service.log.read_text(errors="replace")[-300:].strip() if t.service.log.exists() else ""
+        bench.notes.append(f"{t.name} exited during {sc.key}; its log ends: {tail or '(empty)'}")
     cpu = cpu_seconds(pids) - cpu_before
     figures = {**figures, "errors": result.errors, **cpu_figures(sc, t, cpu, result.events)}
     if t.service is not None and sc.per == "event" and not sc.fresh:

@@ -70,7 +70,7 @@ def summary(bench: Bench, subject: str = "sseproxy", reference: str = "nginx") -
         if goal.scenario == "open1000" and goal.figure == "open at once":
             s_text = f"{cell(s)} of {cell(mine['of'])}"
         else:
-            s_text = cell(s) + unit
+            s_text = cell(s) + (unit if not math.isnan(s) else "")
         out.append(f"| {goal.text} | {s_text} | {cell(n) + unit if not math.isnan(n) else '-'} | {ratio} "
                    f"| {verdict} |")
     if bench.quick:
