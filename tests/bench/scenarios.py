@@ -110,10 +110,11 @@ def idle(full: int, quick: int) -> Body:
         before = rss_bytes(t.pids())
 
         def at_peak() -> dict[str, float]:
-            return {"RSS per stream KiB": (rss_bytes(t.pids()) - before) / 1024 / count if t.service else NAN}
+            return {"rise": rss_bytes(t.pids()) - before if t.service else NAN}
 
         r = await load.idle(t.url, count, at_peak)
-        return r, {"streams": count, "open s": r.seconds, "RSS per stream KiB": r.extra["RSS per stream KiB"]}
+        per = r.extra["rise"] / 1024 / r.open_peak if r.open_peak else NAN  # over the streams really held
+        return r, {"streams": count, "held open": r.open_peak, "open s": r.seconds, "RSS per stream KiB": per}
     return body
 
 
@@ -141,6 +142,7 @@ async def hangups(bench: Bench, t: Target) -> tuple[load.Result, dict[str, float
     return both, figures
 
 
+UNRATIOED = {"errors", "of", "streams", "held open", "open at once", "hang-ups", "not seen"}
 LAT = {"p50 ms", "p90 ms", "p99 ms", "max ms", "TTFE p50 ms", "TTFE p99 ms"}
 SCENARIOS = [
     Scenario("latency1", lambda b: "(a) added latency, 1 stream, 100 events @ 10 ms", one_stream, LAT, 60),
@@ -164,9 +166,9 @@ SCENARIOS = [
 NAMES = [s.key for s in SCENARIOS]
 
 
-async def warm(t: Target) -> None:
-    """A fresh process's first requests pay for imports and first-call set-up; not what (e) measures."""
-    await load.streams(t.url, 10, 2, 0.01, 100)
+async def warm(t: Target) -> load.Result:
+    """A fresh process's first requests pay for imports and first-call set-up; not what is measured."""
+    return await asyncio.wait_for(load.streams(t.url, 10, 2, 0.01, 100), 60)
 
 
 def cpu_figures(sc: Scenario, t: Target, cpu: float, events: int) -> dict[str, float]:
@@ -266,9 +268,7 @@ def table(title: str, rows: list[tuple[str, dict[str, float] | str, dict[str, in
             ratios = []
             for ref in ("nginx", "direct"):
                 r = done.get(ref, {}).get(c, NAN)
-                if ref != name and r and not math.isnan(r) and not math.isnan(v) and c not in ("errors", "of",
-                                                                                                "streams",
-                                                                                                "hang-ups"):
+                if ref != name and r and not math.isnan(r) and not math.isnan(v) and c not in UNRATIOED:
                     ratios.append(f"{v / r:.2f}x {ref}")
             cells.append(cell(v) + (f" ({', '.join(ratios)})" if ratios else ""))
         out.append(f"| {name} | " + " | ".join(cells) + " |")
