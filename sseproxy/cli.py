@@ -1,4 +1,4 @@
-"""The command line: ``serve``, ``check``, ``demo`` and ``replay``. The only module that prints or exits."""
+"""The command line: ``serve``, ``check``, ``demo``, ``replay`` and ``doctor``. The only module that prints or exits."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from .loader import Overrides, load
 from .logs import Redactor, setup
 from .runtime import Snapshot, compile_config
 from .service import ServeOptions, Service
-from .units import format_duration
+from .units import format_duration, parse_duration
 
 EXIT_USAGE = 2
 
@@ -68,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--tap", action="store_true", help="print every replayed event as it is sent")
     replay.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format")
     replay.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _doctor_parser(sub.add_parser("doctor", help="why is my stream batched? measure a URL's stream, name the causes"))
     return p
 
 
@@ -79,6 +81,30 @@ def _speed(value: str) -> float:
     if not speed >= 0 or speed == float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} is not a speed (a number >= 0, e.g. 1, 2.5 or 0)")
     return speed
+
+
+def _doctor_parser(doctor: argparse.ArgumentParser) -> None:
+    def header(value: str) -> tuple[str, str]:
+        name, sep, rest = value.partition(":")
+        if not sep or not name.strip() or any(c in name.strip() for c in " \t"):
+            raise argparse.ArgumentTypeError(f"{value!r} is not 'Name: value'")
+        return name.strip(), rest.strip()
+
+    def duration(value: str) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    doctor.add_argument("url", help="the stream's URL, http:// or https://")
+    doctor.add_argument("-X", "--request", dest="method", metavar="METHOD", help="GET, or POST with -d")
+    doctor.add_argument("-d", "--data", metavar="BODY", help="request body (@FILE reads it from FILE)")
+    doctor.add_argument("-H", "--header", action="append", type=header, default=[], metavar="'Name: value'",
+                        help="a request header; 'Name:' removes a default one")
+    doctor.add_argument("--timeout", type=duration, default=30.0, help="how long to follow each request (30s)")
+    doctor.add_argument("-k", "--insecure", action="store_true", help="do not verify the TLS certificate")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+    doctor.add_argument("--plot", metavar="FILE.svg", help="write an SVG of events against time")
 
 
 def _fail(problems: list[Problem]) -> int:
@@ -259,9 +285,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
         await replay.run(options, host, port, _announce, index)
 
     return _run(main(), args.listen)
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    from .doctor import plot, report
+
+    method = (args.method or ("POST" if args.data is not None else "GET")).upper()
+    try:
+        doctor.parse_target(args.url)
+        if args.data is not None and args.data.startswith("@"):  # -d @FILE, as curl reads it
+            with open(args.data[1:], "rb") as f:
+                body = f.read()
+        else:
+            body = (args.data or "").encode()
+    except (ValueError, OSError) as e:
+        print(f"sseproxy doctor: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    request = doctor.Request(args.url, method, tuple(args.header), body, args.timeout, args.insecure)
+    progress = (lambda line: print(f"... {line}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+    try:
+        result = asyncio.run(doctor.examine(request, progress))
+    except KeyboardInterrupt:
+        return 130
+    if result.browser.failure is not None:  # no response to report on: one line says why
+        print(f"sseproxy doctor: {result.causes[0].message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_json(result, method, args.url), indent=2))
+    elif result.browser.failure is None:
+        colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        print(report.text(result, method, args.url, colour, shutil.get_terminal_size().columns))
+    if args.plot:
+        try:
+            with open(args.plot, "w", encoding="utf-8") as f:
+                f.write(plot.svg(result, args.url))
+        except OSError as e:
+            print(f"sseproxy doctor: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_USAGE
+    return doctor.EXIT_CODES[result.verdict]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "check": cmd_check, "demo": cmd_demo, "replay": cmd_replay}
+    commands = {"serve": cmd_serve, "check": cmd_check, "demo": cmd_demo, "replay": cmd_replay, "doctor": cmd_doctor}
     return commands[args.command](args)
