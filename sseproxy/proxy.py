@@ -84,6 +84,7 @@ class ProxyHandler:
         self.runtime = runtime
         self.access_log = access_log
         self._stream_ids = itertools.count(1)
+        self.websockets = websocket.WebSocketRelays()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         snapshot = self.runtime.enter()  # kept for the whole request, whatever a reload does
@@ -148,13 +149,20 @@ class ProxyHandler:
         origin = request.headers.get("Origin")
         if route.cors is not None and origin is not None and not cors.origin_allowed(route.cors, origin):
             raise Forbidden(f"WebSocket from origin {origin} is not allowed", route=route.label)
+        websocket.check_handshake(request.method, request.headers)
         upstream = await websocket.connect(
             self.runtime.pools, route.upstreams, lambda base: route.upstream_path(base, path), query=query,
             headers=self._outbound_headers(request, snapshot, route),
-            protocols=websocket.subprotocols(request.headers), timeouts=route.timeouts)
+            protocols=websocket.subprotocols(request.headers), timeouts=route.timeouts,
+            max_message=snapshot.config.websocket.max_message)
         record.status = 101
         record.ttfb = asyncio.get_running_loop().time() - record.started
-        return await websocket.relay(request, upstream)
+        relay = websocket.WebSocketRelay(upstream, snapshot.config.websocket, self.websockets)
+        try:
+            return await relay.run(request)
+        finally:
+            record.bytes, record.events = relay.stats.bytes_to_client, relay.stats.frames
+            record.outcome, record.error = relay.stats.outcome.value, relay.stats.error
 
     async def _proxy(self, request: web.BaseRequest, snapshot: Snapshot, route: RouteRuntime, path: str,
                      query: str, record: RequestRecord) -> web.StreamResponse:
