@@ -345,6 +345,22 @@ class Route(Model):
         return bool(self.request_headers.set or self.request_headers.add)
 
 
+class WebSocketLimits(Model):
+    """The memory WebSocket relays may use. aiohttp holds each message whole before relaying it, so
+    ``max_message`` bounds one message (and one frame is refused from its header, before any of it
+    is read); ``max_total`` bounds the messages held across all connections at once."""
+
+    max_message: Annotated[Size, Field(gt=0)] = 1024 * 1024
+    max_total: Annotated[Size, Field(gt=0)] = 64 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _total_holds_one_message(self) -> WebSocketLimits:
+        if self.max_total < self.max_message:
+            raise ValueError(f"max_total ({self.max_total} bytes) is less than max_message "
+                             f"({self.max_message} bytes): no message that big could ever pass")
+        return self
+
+
 class Config(Model):
     listen: str = "127.0.0.1:8080"
     public: bool = False
@@ -365,6 +381,7 @@ class Config(Model):
     retry: RetrySetting = None               # the default for every route; none: no retries
     limits: LimitsSetting = None             # the default for every route; none: no limit
     underscores_in_headers: bool = False  # false: request headers with '_' in the name are dropped
+    websocket: WebSocketLimits = WebSocketLimits()
     routes: list[Route] = []
 
     @field_validator("trusted_proxies")

@@ -80,6 +80,7 @@ class ProxyHandler:
         self.runtime = runtime
         self.access_log = access_log
         self._ids = itertools.count(1)
+        self.websockets = websocket.WebSocketRelays()  # open WebSocket relays, closed with 1001 at shutdown
 
     def refused(self, refusal: ParserRefusal) -> None:
         """A request the parser refused before this handler saw it: one access-log line, counted."""
@@ -146,17 +147,25 @@ class ProxyHandler:
     async def _websocket(self, exchange: Exchange) -> web.StreamResponse:
         """Relay an Upgrade to the upstream; where CORS is configured, a refused Origin gets 403
         (cross-site WebSocket hijacking: browsers send cookies with any page's handshake)."""
-        route, origin, target = exchange.matched, exchange.origin, exchange.target
+        route, origin, target, request = exchange.matched, exchange.origin, exchange.target, exchange.request
         assert target is not None
         if route.cors is not None and origin is not None and not cors.origin_allowed(route.cors, origin):
             raise Forbidden(f"WebSocket from origin {origin} is not allowed", route=route.label)
+        websocket.check_handshake(request.method, request.headers)
+        limits = exchange.snapshot.config.websocket
         upstream = await websocket.connect(
             self.runtime.pools, route, OutboundRequest("GET", target.path, target.query, exchange.outbound_headers(),
                                                        None),
-            protocols=websocket.subprotocols(exchange.request.headers))
-        exchange.record.status = 101
-        exchange.record.ttfb = asyncio.get_running_loop().time() - exchange.record.started
-        return await websocket.relay(exchange.request, upstream)
+            protocols=websocket.subprotocols(request.headers), max_message=limits.max_message)
+        record = exchange.record
+        record.status = 101
+        record.ttfb = asyncio.get_running_loop().time() - record.started
+        relay = websocket.WebSocketRelay(upstream, limits, self.websockets)
+        try:
+            return await relay.run(exchange.request)
+        finally:
+            record.bytes, record.events = relay.stats.bytes_to_client, relay.stats.frames
+            record.outcome, record.error = relay.stats.outcome, relay.stats.error
 
     async def _proxy(self, exchange: Exchange) -> web.StreamResponse:
         lease = self._lease(exchange)

@@ -26,9 +26,9 @@ class Listener:
     def __init__(self, runtime: Runtime, access_log: AccessLog, *, reuse_port: bool = False):
         self.runtime = runtime
         config = runtime.snapshot.config
-        handler = ProxyHandler(runtime, access_log)
-        self.server = ProxyServer(handler, header_timeout=config.header_timeout, max_head=config.max_header_size,
-                                  on_refused=handler.refused)
+        self.handler = ProxyHandler(runtime, access_log)
+        self.server = ProxyServer(self.handler, header_timeout=config.header_timeout,
+                                  max_head=config.max_header_size, on_refused=self.handler.refused)
         self.runner = web.ServerRunner(self.server, handle_signals=False)
         self.reuse_port = reuse_port
         self.site: web.TCPSite | None = None
@@ -57,6 +57,7 @@ class Listener:
             await self.site.stop()
         await asyncio.sleep(0)  # requests that arrived before the stop start being handled
         self.server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their request
+        await self.handler.websockets.close_all(timeout=grace)  # a WebSocket has no end to wait for: 1001
         stopped = await self.runtime.streams.drain(grace)
         if stopped:
             log.info("ended %d stream(s) still open after the %gs grace", stopped, grace)

@@ -3,8 +3,8 @@
 The supervisor validates nothing itself (the CLI has already loaded the config) and serves nothing:
 it picks the port, starts the workers with a shared prometheus-client multiprocess directory so
 that any worker's ``/metrics`` counts all of them, prints one ready line, copies the workers' stdout
-(``--tap``) to its own, forwards SIGTERM, SIGINT and SIGHUP to every worker, and exits with the
-worst exit status once all have ended.
+(``--tap``) to its own line by line (cutting overlong lines, never stopping), forwards SIGTERM, SIGINT
+and SIGHUP to every worker, and exits with the worst exit status once all have ended.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from .config import parse_listen
 
 READY = "sseproxy listening on "
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MAX_LINE = 16 * 1024   # bounds the part of one worker output line the supervisor keeps and prints
+READ_SIZE = 64 * 1024  # bounds one read of a worker's output
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -34,9 +36,51 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+class LineCopier:
+    """Splits a worker's output into lines for ``out``, whatever their length: a line over
+    ``MAX_LINE`` bytes is cut there and marked, and the rest of it is counted, not kept.
+
+    ``StreamReader.readline`` cannot do this: a line over its 64 KiB limit raises, the copy stops, the
+    pipe fills, and the worker then blocks on its next write to stdout, its whole event loop with it.
+    """
+
+    def __init__(self, out: Callable[[str], None]):
+        self._out = out
+        self._line = bytearray()  # bounded by MAX_LINE: the start of the current line
+        self._cut = 0             # bytes of the current line dropped past MAX_LINE
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            self._take(data[start:end])
+            self._emit()
+            start = end + 1
+        self._take(data[start:])
+
+    def close(self) -> None:
+        if self._line or self._cut:
+            self._emit()
+
+    def _take(self, piece: bytes) -> None:
+        room = MAX_LINE - len(self._line)
+        self._line += piece[:room]
+        self._cut += max(0, len(piece) - room)
+
+    def _emit(self) -> None:
+        text = self._line.decode(errors="replace").rstrip("\r")
+        if self._cut:
+            text += f" …[{self._cut} bytes cut]"
+        self._line.clear()
+        self._cut = 0
+        self._out(text)
+
+
 async def _copy(stream: asyncio.StreamReader, out: Callable[[str], None]) -> None:
-    while line := await stream.readline():
-        out(line.decode(errors="replace").rstrip("\n"))
+    """Copy until the worker closes its stdout; never stops reading before that."""
+    copier = LineCopier(out)
+    while chunk := await stream.read(READ_SIZE):
+        copier.feed(chunk)
+    copier.close()
 
 
 async def supervise(worker_args: Sequence[str], listen: str, count: int, announce: Callable[[str], None]) -> int:
