@@ -19,6 +19,7 @@ from .config import Config, HeaderRules, RequestHeaderRules, Route, is_loopback_
 from .cors import CorsPolicy, compile_cors
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
 from .hooks import HookFactory
+from .inspector import Inspector
 from .metrics import Metrics
 from .recorder import Recorder
 from .registry import Registry
@@ -201,6 +202,11 @@ class Runtime:
     hooks: Sequence[HookFactory] = ()
     draining: bool = False
     retiring: list[Snapshot] = field(default_factory=list)  # replaced, with requests still in flight
+    inspector: Inspector = field(default_factory=Inspector)  # always hooked: the inspector page's streams
+
+    def __post_init__(self) -> None:
+        self.inspector.redactor.add(self.snapshot.secrets)
+        self.hooks = (*self.hooks, self.inspector)
 
     def enter(self) -> Snapshot:
         """The snapshot a new request keeps to its end, counted until ``leave``."""
@@ -218,6 +224,7 @@ class Runtime:
         only old snapshots used are closed once the last of those requests ends."""
         self.retiring.append(self.snapshot)
         self.snapshot = snapshot
+        self.inspector.redactor.add(snapshot.secrets)
         self._close_unused_pools()
 
     def _close_unused_pools(self) -> None:
