@@ -3,7 +3,6 @@ inspector's feed over a raw connection."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import deque
 from typing import Any
@@ -81,8 +80,3 @@ async def stream_client(proxy: str, path: str) -> RawResponse:
     assert response.status == 200
     return response
 
-
-async def settle() -> None:
-    """Let the proxy's handlers run what they already can (a bounded number of loop turns)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
