@@ -24,6 +24,7 @@ function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text);
   if (cls) e.className = cls;
+  if (cls === 'data' || cls === 'path') e.title = e.textContent;  // the whole text on hover
   return e;
 }
 const serverNow = () => Date.now() - state.offset;
