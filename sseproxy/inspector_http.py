@@ -4,7 +4,10 @@ listing (``/streams``) and the live feed (``/streams/events``).
 Who may look: without ``inbound_auth``, loopback clients only, and only when the request did not
 come through another proxy (a ``Forwarded``/``X-Forwarded-For``/``X-Real-IP`` header refuses it: a
 local nginx in front would otherwise make every visitor look local; such headers only ever deny,
-never grant). With ``inbound_auth``, a valid token from anyone (loopback too), in the token header
+never grant), and only under a local Host name (``localhost``, ``*.localhost``, a loopback address)
+or one ``allowed_hosts`` names: with ``allowed_hosts: ["*"]`` (the default off loopback) a web page
+could otherwise rebind its own name to 127.0.0.1 and read the streams from a local browser.
+With ``inbound_auth``, a valid token from anyone (loopback too), in the token header
 or as ``?token=`` (EventSource cannot set headers). Others get 403. The static files hold no data
 and are served to anyone who reaches the admin prefix.
 """
@@ -21,6 +24,7 @@ from multidict import MultiMapping
 from .auth import presented_token
 from .errors import Forbidden, ProxyError
 from .inspector import Inspector, feed_item
+from .routing import parse_host
 from .runtime import AuthPolicy, Runtime
 
 HEARTBEAT = 15.0   # seconds between comment lines on an idle feed, so proxies and browsers keep it open
@@ -63,18 +67,27 @@ def token_valid(auth: AuthPolicy, headers: MultiMapping[str], query: MultiMappin
     return matched
 
 
+def local_host(host: str, allowed: frozenset[str]) -> bool:
+    """A Host a DNS-rebinding page cannot use: a loopback name or address, or one named in config."""
+    if host == "localhost" or host.endswith(".localhost") or (host in allowed and host != "*"):
+        return True
+    return is_loopback(host.strip("[]"))
+
+
 def may_inspect(auth: AuthPolicy | None, client: str | None, headers: MultiMapping[str],
-                query: MultiMapping[str]) -> bool:
+                query: MultiMapping[str], allowed_hosts: frozenset[str] = frozenset()) -> bool:
     """The access decision (see the module's docstring)."""
     if auth is not None:
         return token_valid(auth, headers, query)
-    return is_loopback(client) and not any(h in headers for h in FORWARDING)
+    return (is_loopback(client) and not any(h in headers for h in FORWARDING)
+            and local_host(parse_host(headers.get("Host")), allowed_hosts))
 
 
 def check_access(runtime: Runtime, request: web.BaseRequest) -> None:
-    if not may_inspect(runtime.snapshot.auth, request.remote, request.headers, request.query):
+    snapshot = runtime.snapshot
+    if not may_inspect(snapshot.auth, request.remote, request.headers, request.query, snapshot.allowed_hosts):
         why = ("a valid token (header or ?token=)" if runtime.snapshot.auth is not None
-               else "a direct loopback client")
+               else "a direct loopback client under a local Host name")
         raise Forbidden(f"the inspector answers only {why}")
 
 

@@ -193,7 +193,7 @@ def compile_config(config: Config) -> Snapshot:
 @dataclass
 class Runtime:
     """What lives as long as the server: the current snapshot, the upstream pools, the exchanges
-    in flight and the process-wide hooks (``--tap``)."""
+    in flight and the process-wide hooks (``--tap``, and always the inspector, last)."""
 
     snapshot: Snapshot
     pools: Pools = field(default_factory=Pools)

@@ -66,7 +66,8 @@ async def test_a_client_from_another_address_gets_403_and_loopback_gets_in() -> 
         pytest.skip("this machine has no non-loopback address to connect from: see test_the_decision below")
     async with proxy_on_all_addresses({}) as port:
         for path in PATHS:
-            status, body = await status_of(f"http://{address}:{port}", path)
+            # a local Host name, so only the peer's address can be why it is refused
+            status, body = await status_of(f"http://{address}:{port}", path, {"Host": f"localhost:{port}"})
             assert status == 403, path
             assert body["error"]["type"] == "forbidden"
             assert await status_of(f"http://127.0.0.1:{port}", path) == (200, {})
@@ -95,14 +96,28 @@ async def test_with_inbound_auth_a_token_is_needed() -> None:
         assert (await status_of(proxy, "/_sseproxy/inspector.js"))[0] == 200
 
 
+async def test_a_foreign_host_name_is_refused_even_from_loopback() -> None:
+    """DNS rebinding: with allowed_hosts "*", a page whose name now points at 127.0.0.1 reaches the
+    proxy from the local browser; health answers it, the inspector does not."""
+    config = {"allowed_hosts": ["*"], "routes": [{"upstream": "http://127.0.0.1:9"}]}
+    async with running_proxy(config) as (proxy, _):
+        status, body = await status_of(proxy, "/_sseproxy/streams", {"Host": "rebound.example"})
+        assert status == 403 and body["error"]["type"] == "forbidden"
+        assert (await status_of(proxy, "/_sseproxy/health", {"Host": "rebound.example"}))[0] == 200
+        for host in ("localhost:8080", "app.localhost", "127.0.0.1", "[::1]:80"):
+            assert (await status_of(proxy, "/_sseproxy/streams", {"Host": host}))[0] == 200, host
+
+
 def test_the_decision() -> None:
     none: MultiDict[str] = MultiDict()
-    plain: CIMultiDict[str] = CIMultiDict()
+    plain: CIMultiDict[str] = CIMultiDict({"Host": "localhost"})
     for client in ("127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"):
         assert may_inspect(None, client, plain, none), client
     for client in ("10.0.0.5", "192.0.2.2", "::ffff:10.0.0.5", "2001:db8::1", None, "", "unix"):
         assert not may_inspect(None, client, plain, none), client
-    assert not may_inspect(None, "127.0.0.1", CIMultiDict({"x-forwarded-for": "127.0.0.1"}), none)
+    assert not may_inspect(None, "127.0.0.1", CIMultiDict({"Host": "localhost", "x-forwarded-for": "1.2.3.4"}), none)
+    assert not may_inspect(None, "127.0.0.1", CIMultiDict({"Host": "example.com"}), none, frozenset({"*"}))
+    assert may_inspect(None, "127.0.0.1", CIMultiDict({"Host": "dev.test"}), none, frozenset({"dev.test"}))
     auth = AuthPolicy("X-Token", (TOKEN.encode(),))
     assert not may_inspect(auth, "127.0.0.1", plain, none)  # with inbound_auth, loopback needs the token too
     assert may_inspect(auth, "10.0.0.5", CIMultiDict({"X-Token": TOKEN}), none)
