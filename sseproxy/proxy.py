@@ -122,7 +122,7 @@ class ProxyHandler:
             raise Forbidden(f"host {host!r} is not in allowed_hosts")
         if admin.owns(snapshot.admin_prefix, target.path):
             record.route = "admin"
-            response = await admin.respond(self.runtime, target.path)
+            response = await admin.respond(self.runtime, target.path, request)
             record.status = response.status
             return response
         check_transfer_coding(request.headers.get("Transfer-Encoding"))

@@ -20,6 +20,7 @@ from .cors import CorsPolicy, compile_cors
 from .h1 import H1Pools, address
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
 from .hooks import HookFactory
+from .inspector import Inspector
 from .limits import ConcurrencyLimits, StreamCounts
 from .metrics import Metrics
 from .recorder import Recorder
@@ -208,7 +209,7 @@ def compile_config(config: Config, counts: StreamCounts | None = None) -> Snapsh
 @dataclass
 class Runtime:
     """What lives as long as the server: the current snapshot, the upstream pools, the exchanges
-    in flight and the process-wide hooks (``--tap``)."""
+    in flight and the process-wide hooks (``--tap``, and always the inspector, last)."""
 
     snapshot: Snapshot
     counts: StreamCounts = field(default_factory=StreamCounts)  # concurrency limits' state, across reloads
@@ -219,6 +220,11 @@ class Runtime:
     hooks: Sequence[HookFactory] = ()
     draining: bool = False
     retiring: list[Snapshot] = field(default_factory=list)  # replaced, with requests still in flight
+    inspector: Inspector = field(default_factory=Inspector)  # always hooked: the inspector page's streams
+
+    def __post_init__(self) -> None:
+        self.inspector.redactor.add(self.snapshot.secrets)
+        self.hooks = (*self.hooks, self.inspector)
 
     def enter(self) -> Snapshot:
         """The snapshot a new request keeps to its end, counted until ``leave``."""
@@ -236,6 +242,7 @@ class Runtime:
         only old snapshots used are closed once the last of those requests ends."""
         self.retiring.append(self.snapshot)
         self.snapshot = snapshot
+        self.inspector.redactor.add(snapshot.secrets)
         self._close_unused_pools()
 
     def _close_unused_pools(self) -> None:

@@ -53,6 +53,7 @@ class Listener:
         grace = self.runtime.snapshot.config.shutdown_grace
         deadline = loop.time() + grace
         self.runtime.draining = True
+        self.runtime.inspector.close()  # inspector feeds end now, not at the end of the grace
         if self.site is not None:
             await self.site.stop()
         await asyncio.sleep(0)  # requests that arrived before the stop start being handled

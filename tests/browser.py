@@ -40,6 +40,7 @@ class Browser:
     def __init__(self, proc: asyncio.subprocess.Process):
         self.proc = proc
         self.seen: list[dict[str, Any]] = []
+        self._commands = 0
 
     async def expect(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -61,6 +62,21 @@ class Browser:
             if predicate(item):
                 return item
             self.seen.append(item)
+
+    async def command(self, within: float = 20, **command: Any) -> None:
+        """Send the driver a command (see drive.mjs) and wait for it to be done; fail with its error."""
+        assert self.proc.stdin is not None
+        self._commands += 1
+        ident = self._commands
+        self.proc.stdin.write(json.dumps({"id": ident, **command}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        answer = await self.expect(lambda i: i["kind"] in ("done", "failed") and i.get("id") == ident, within)
+        if answer["kind"] == "failed":
+            raise AssertionError(f"the browser could not {command}: {answer['error']}")
+
+    async def wait_for(self, expression: str, timeout: float = 10) -> None:
+        """Wait (bounded) until a JS expression is true in the page."""
+        await self.command(within=timeout + 5, waitFor=expression, timeout=int(timeout * 1000))
 
 
 @contextlib.asynccontextmanager
