@@ -41,31 +41,80 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _injected_header(loc: tuple[int | str, ...]) -> bool:
+    """``routes[i].request_headers.set|add.NAME``: a value sent upstream as a credential."""
+    return (len(loc) == 5 and loc[0] == "routes" and loc[2] == "request_headers" and loc[3] in ("set", "add"))
+
+
+@dataclass
+class Expansion:
+    """What ``${…}`` expansion found: the variables it needed, those it could not find and the key
+    paths whose value came (in part) from one, which ``check`` redacts and no other."""
+
+    allow_missing: bool = False            # missing variables and files get a placeholder, not an error
+    needed: set[str] = field(default_factory=set)
+    missing: set[str] = field(default_factory=set)
+    templated: set[str] = field(default_factory=set)
+
+
+def _expand_string(value: str, loc: tuple[int | str, ...], env: Mapping[str, str], problems: list[Problem],
+                   source: str, found: Expansion) -> str:
+    if "${" not in value:
+        return value
+    where = format_loc(loc)
+    found.templated.add(where)
+    empty: list[str] = []      # variables and files that gave nothing, without a default written out
+    defaulted = False
+
+    def substitute(m: re.Match[str]) -> str:
+        nonlocal defaulted
+        if m.group("file"):
+            path = Path(m.group("file"))
+            found.needed.add(f"file:{path}")
+            try:
+                text = path.read_text().rstrip("\r\n")
+            except OSError as e:
+                if found.allow_missing:
+                    found.missing.add(f"file:{path}")
+                    return f"placeholder-for-{path.name}"
+                problems.append(Problem(source, where, f"cannot read secret file {path}: {e.strerror or e}"))
+                return ""
+            if not text.strip():
+                empty.append(f"secret file {path}")
+            return text
+        name = m.group("name")
+        if m.group("default") is not None:
+            defaulted = True
+            return env.get(name, m.group("default"))
+        found.needed.add(name)
+        if name in env:
+            if not env[name].strip():
+                empty.append(f"environment variable {name}")
+            return env[name]
+        if found.allow_missing:
+            found.missing.add(name)
+            return f"placeholder-for-{name}"
+        problems.append(Problem(source, where, f"environment variable {name} is not set"))
+        return ""
+
+    out = _VAR.sub(substitute, value)
+    only_literal = out.split() == _VAR.sub("", value).split()  # the variables gave nothing but blanks
+    if empty and only_literal and not defaulted and _injected_header(loc) and len(out.split()) <= 1:
+        problems.append(Problem(source, where, f"{' and '.join(empty)} is empty, so this header would be sent as "
+                                f"{out!r}; set it, or write the default out (${{VAR:-}}) if empty is meant"))
+    return out
+
+
 def expand(value: Any, loc: tuple[int | str, ...], env: Mapping[str, str], problems: list[Problem],
-           source: str) -> Any:
+           source: str, found: Expansion | None = None) -> Any:
     """``value`` with ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` replaced in every string."""
+    found = found if found is not None else Expansion()
     if isinstance(value, str):
-        def substitute(m: re.Match[str]) -> str:
-            if m.group("file"):
-                path = Path(m.group("file"))
-                try:
-                    return path.read_text().rstrip("\r\n")
-                except OSError as e:
-                    problems.append(Problem(source, format_loc(loc), f"cannot read secret file {path}: "
-                                                                     f"{e.strerror or e}"))
-                    return ""
-            name = m.group("name")
-            if name in env:
-                return env[name]
-            if m.group("default") is not None:
-                return m.group("default")
-            problems.append(Problem(source, format_loc(loc), f"environment variable {name} is not set"))
-            return ""
-        return _VAR.sub(substitute, value)
+        return _expand_string(value, loc, env, problems, source, found)
     if isinstance(value, dict):
-        return {k: expand(v, (*loc, str(k)), env, problems, source) for k, v in value.items()}
+        return {k: expand(v, (*loc, str(k)), env, problems, source, found) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand(v, (*loc, i), env, problems, source) for i, v in enumerate(value)]
+        return [expand(v, (*loc, i), env, problems, source, found) for i, v in enumerate(value)]
     return value
 
 
@@ -99,9 +148,9 @@ def _message(error: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def validate(data: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Config:
+def validate(data: Mapping[str, Any], source: str, env: Mapping[str, str], found: Expansion | None = None) -> Config:
     problems: list[Problem] = []
-    expanded = expand(dict(data), (), env, problems, source)
+    expanded = expand(dict(data), (), env, problems, source, found)
     if problems:
         raise ConfigError(problems)
     try:
@@ -123,9 +172,10 @@ def apply_overrides(data: dict[str, Any], overrides: Overrides) -> dict[str, Any
 
 
 def load(path: str | Path | None, overrides: Overrides = Overrides(),
-         env: Mapping[str, str] | None = None) -> Config:
-    """The validated config from ``path`` (or none) with ``overrides`` applied on top."""
+         env: Mapping[str, str] | None = None, found: Expansion | None = None) -> Config:
+    """The validated config from ``path`` (or none) with ``overrides`` applied on top; ``found``
+    (when given) learns what ``${…}`` expansion needed."""
     env = os.environ if env is None else env
     data = read_document(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "command line"
-    return validate(apply_overrides(data, overrides), source, env)
+    return validate(apply_overrides(data, overrides), source, env, found)
