@@ -31,11 +31,13 @@ class RequestRecord:
     error_type: str | None = None      # the ProxyError type, e.g. upstream_unavailable
     tokens_in: int | None = None       # LLM usage read from the stream (usage.py), when it reports it
     tokens_out: int | None = None
+    request_id: str | None = None      # X-Request-Id, as sent upstream and returned to the client
+    admin: bool = False                # an admin endpoint (health, metrics): logged, not counted in metrics
 
     def fields(self) -> dict[str, Any]:
         """The record as JSON-ready fields (the access log's JSON form)."""
         out = asdict(self)
-        del out["started"]
+        del out["started"], out["admin"]
         out["outcome"] = self.outcome.value
         for key in ("ttfb", "ttfe", "total"):
             if out[key] is not None:
@@ -70,10 +72,11 @@ class AccessLog:
         if not self.enabled or not self.logger.isEnabledFor(logging.INFO):
             return
         self.logger.info(
-            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s%s',
+            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s%s%s',
             record.client or "-", record.method, record.path, record.route or "-", record.status,
             _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
             record.heartbeats, record.outcome.value, _tokens(record),
+            f" request_id={record.request_id}" if record.request_id else "",
             f" error={json.dumps(record.error)}" if record.error else "",
             extra={"fields": record.fields()},
         )

@@ -6,16 +6,19 @@ This is the only module that reads config files or the environment. Every mistak
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .config import Config
 from .errors import ConfigError, Problem
@@ -139,12 +142,81 @@ def read_document(path: Path) -> dict[str, Any]:
     return data
 
 
+_EXAMPLES = {"methods": "[GET, POST]", "allow_methods": "[GET, POST]", "allow_origins": '["http://localhost:5173"]',
+             "allow_headers": "[Content-Type, Authorization]", "expose_headers": "[X-Request-Id]",
+             "upstream": "[http://127.0.0.1:3000, http://127.0.0.1:3001]", "remove": "[Cookie]",
+             "tokens": '["${SSEPROXY_TOKEN}"]', "allowed_hosts": "[localhost, app.localhost]",
+             "trusted_proxies": "[10.0.0.0/8]", "routes": "[{path: /api, upstream: http://127.0.0.1:3000}]",
+             "on": "[429, 502, 503]"}
+
+
+def _shown(value: Any) -> str:
+    """A bad value as the user wrote it, cut short; a secret never reaches here (see ``_message``)."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at ``loc`` accepts (for "did you mean"), or none when it is not a model."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int) or part == "[key]":
+            continue
+        field_info = model.model_fields.get(part)
+        found = _model_in(field_info.annotation) if field_info is not None else None
+        if found is None:
+            return []
+        model = found
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    key = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(key, _keys_at(loc[:-1]), n=1, cutoff=0.6)
+    return f"unknown key; did you mean `{close[0]}`?" if close else "unknown key"
+
+
 def _message(error: Mapping[str, Any]) -> str:
-    kind, msg = error["type"], str(error["msg"])
+    """Pydantic's message in plain words, with the bad value shown: what was wrong and what was meant."""
+    kind, msg, loc = error["type"], str(error["msg"]), tuple(error["loc"])
+    value, ctx = error.get("input"), error.get("ctx") or {}
+    field_name = next((str(p) for p in reversed(loc) if isinstance(p, str) and p != "[key]"), "")
+    secret = "request_headers" in loc or "tokens" in loc   # never echo what may be a key
+    got = "" if secret else f", got {_shown(value)}"
     if kind == "extra_forbidden":
-        return "unknown key"
+        return _unknown_key(loc)
     if kind == "missing":
         return "required"
+    if kind == "list_type":
+        return f"expected a list such as {_EXAMPLES.get(field_name, '[a, b]')}{got}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false{got}"
+    if kind in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"):
+        return f"expected a whole number{got}" if kind.startswith("int") else f"expected a number{got}"
+    if kind == "string_type":
+        return f"expected a string (text){got}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping of keys such as {{key: value}}{got}"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        return f"expected one of {expected}{got}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        words = {"greater_than_equal": "at least", "greater_than": "more than",
+                 "less_than_equal": "at most", "less_than": "less than"}[kind]
+        bound = next(iter(ctx.values()), "")
+        return f"expected a number {words} {bound}{got}"
+    if kind == "too_short":
+        return f"expected at least {ctx.get('min_length', 1)} item(s){got}"
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 

@@ -113,6 +113,7 @@ class ProxyHandler:
             raise Forbidden(f"host {host!r} is not in allowed_hosts")
         if admin.owns(snapshot.admin_prefix, target.path):
             record.route = "admin"
+            record.admin = True  # scrapes and probes are not traffic: logged, not counted in metrics
             response = await admin.respond(self.runtime, target.path)
             record.status = response.status
             return response
@@ -172,7 +173,7 @@ class ProxyHandler:
             upstream.close()
             raise UpstreamUnavailable("the upstream switched protocols (101) on a request that asked for no upgrade")
         try:
-            plan = plan_response(upstream.headers, route, exchange.origin)
+            plan = plan_response(upstream.headers, route, exchange.origin, exchange.request_id)
         except ValueError as error:
             upstream.close()
             raise UpstreamUnavailable(f"the upstream's response head is unusable: {error}") from None

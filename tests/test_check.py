@@ -48,3 +48,31 @@ async def test_an_empty_secret_file_is_a_config_error(tmp_path: Path) -> None:
     code, _out, err = await run_cli("check", str(path))
     assert code == 2
     assert f"routes[0].request_headers.add.api-key: secret file {secret} is empty" in err
+
+
+async def test_config_errors_say_what_was_meant_and_show_the_bad_value(tmp_path: Path) -> None:
+    path = tmp_path / "dev.yaml"
+    path.write_text("listen: localhost:80808\nheartbat: 5s\nroutes:\n  - upstream: http://127.0.0.1:99999\n"
+                    "    methods: GET\n    strip_prefix: flase\n    stream: sometimes\n    upstrem: x\n"
+                    "    timeouts: {idel: 5s}\n    cors: {max_age: -1}\n")
+    code, _out, err = await run_cli("check", str(path))
+    assert code == 2
+    assert sorted(err.splitlines()) == sorted(f"{path}: {line}" for line in [
+        "listen: 'localhost:80808': port 80808 is out of range (0 to 65535)",
+        "heartbat: unknown key; did you mean `heartbeat`?",
+        "routes[0].upstream: 'http://127.0.0.1:99999': the port is out of range (0 to 65535)",
+        "routes[0].methods: expected a list such as [GET, POST], got 'GET'",
+        "routes[0].strip_prefix: expected true or false, got 'flase'",
+        "routes[0].stream: expected one of auto, always or never, got 'sometimes'",
+        "routes[0].upstrem: unknown key; did you mean `upstream`?",
+        "routes[0].timeouts.idel: unknown key; did you mean `idle`?",
+        "routes[0].cors.max_age: expected a number at least 0, got -1",
+    ])
+
+
+async def test_a_bad_value_in_an_injected_header_is_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("routes:\n  - upstream: http://127.0.0.1:1\n    request_headers: {set: {X-Key: [sk-secret-1]}}\n")
+    code, _out, err = await run_cli("check", str(path))
+    assert code == 2 and "request_headers.set.X-Key: expected a string" in err
+    assert "sk-secret-1" not in err
