@@ -60,6 +60,12 @@ class Expansion:
     templated: set[str] = field(default_factory=set)
 
 
+def _placeholder(value: str, m: re.Match[str]) -> str:
+    """What a missing variable becomes under ``check --allow-missing-env``: a port where one is
+    expected (right after a colon), else a word that passes as a header value or host name."""
+    return "1" if value[: m.start()].endswith(":") else "placeholder"
+
+
 def _expand_string(value: str, loc: tuple[int | str, ...], env: Mapping[str, str], problems: list[Problem],
                    source: str, found: Expansion) -> str:
     if "${" not in value:
@@ -79,7 +85,7 @@ def _expand_string(value: str, loc: tuple[int | str, ...], env: Mapping[str, str
             except OSError as e:
                 if found.allow_missing:
                     found.missing.add(f"file:{path}")
-                    return f"placeholder-for-{path.name}"
+                    return _placeholder(value, m)
                 problems.append(Problem(source, where, f"cannot read secret file {path}: {e.strerror or e}"))
                 return ""
             if not text.strip():
@@ -96,7 +102,7 @@ def _expand_string(value: str, loc: tuple[int | str, ...], env: Mapping[str, str
             return env[name]
         if found.allow_missing:
             found.missing.add(name)
-            return f"placeholder-for-{name}"
+            return _placeholder(value, m)
         problems.append(Problem(source, where, f"environment variable {name} is not set"))
         return ""
 
