@@ -20,7 +20,7 @@ from .loader import Expansion, Overrides, load
 from .logs import Redactor, setup
 from .recording import SECRET_HEADERS
 from .runtime import Snapshot, compile_config
-from .service import ServeOptions, Service
+from .service import ServeOptions, Service, TapOptions
 from .units import format_duration
 
 EXIT_USAGE = 2
@@ -45,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--watch", action="store_true", help="reload when the config file changes")
     serve.add_argument("--tap", action="store_true", help="print every relayed event as it passes")
+    serve.add_argument("--tap-width", type=_width, metavar="N",
+                       help="--tap lines at most N characters (default: the terminal's width, or 200 in a pipe)")
+    serve.add_argument("--tap-route", action="append", default=[], metavar="NAME",
+                       help="--tap only this route (by name, or path when it has none); repeatable")
+    serve.add_argument("--tap-field", metavar="PATH",
+                       help="--tap shows this JSON field of each event's data, e.g. choices.0.delta.content")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="N processes serving the same port (SO_REUSEPORT)")
     serve.add_argument("--record", metavar="DIR",
@@ -73,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format")
     replay.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _width(value: str) -> int:
+    if not value.isdigit() or int(value) < 20:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a width (a whole number of characters, at least 20)")
+    return int(value)
 
 
 def _speed(value: str) -> float:
@@ -145,11 +157,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _supervise(args, config.listen)
 
     async def main() -> None:
-        options = ServeOptions(args.config, overrides, watch=args.watch, tap=args.tap, reuse_port=args.reuse_port,
+        tap = TapOptions(width=args.tap_width, routes=tuple(args.tap_route), field=args.tap_field) if _tapping(args) \
+            else None
+        options = ServeOptions(args.config, overrides, watch=args.watch, tap=tap, reuse_port=args.reuse_port,
                                metrics_dir=os.environ.get(workers.MULTIPROC_ENV), log_format=args.log_format)
         await Service(options, config, redactor, formatter).run(_announce)
 
     return _run(main(), config.listen)
+
+
+def _tapping(args: argparse.Namespace) -> bool:
+    """``--tap``, or any ``--tap-*`` option, which says it too."""
+    return bool(args.tap or args.tap_width or args.tap_route or args.tap_field)
+
+
+def _tap_args(args: argparse.Namespace) -> list[str]:
+    if not _tapping(args):
+        return []
+    return ["--tap", *(["--tap-width", str(args.tap_width)] if args.tap_width else []),
+            *(a for name in args.tap_route for a in ("--tap-route", name)),
+            *(["--tap-field", args.tap_field] if args.tap_field else [])]
 
 
 def _supervise(args: argparse.Namespace, listen: str) -> int:
@@ -158,7 +185,7 @@ def _supervise(args: argparse.Namespace, listen: str) -> int:
                    *(a for prefix, url in args.route for a in ("--route", f"{prefix}={url}")),
                    *(["--log-format", args.log_format] if args.log_format else []),
                    "--log-level", args.log_level, *(["--watch"] if args.watch else []),
-                   *(["--tap"] if args.tap else []), *(["--record", args.record] if args.record else [])]
+                   *_tap_args(args), *(["--record", args.record] if args.record else [])]
     status = 0
 
     async def main() -> None:
