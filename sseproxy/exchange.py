@@ -57,9 +57,7 @@ class Exchange:
         """Let every feature that applies to this exchange (process-wide and the route's) hook it."""
         route, target = self.matched, self.target
         assert target is not None
-        factories = (*runtime.hooks, *route.hooks)
-        if not factories:
-            return
+        factories = (runtime.metrics, *runtime.hooks, *route.hooks)  # metrics: events and bytes as they pass
         info = ExchangeInfo(id=self.id, route=route.label, method=self.request.method, path=target.path,
                             query=target.query, client=self.request.remote, headers=self.request.headers,
                             started=self.record.started, request_id=self.request_id)

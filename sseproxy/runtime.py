@@ -202,6 +202,9 @@ class Runtime:
     draining: bool = False
     retiring: list[Snapshot] = field(default_factory=list)  # replaced, with requests still in flight
 
+    def __post_init__(self) -> None:
+        self.metrics.add_routes(r.label for r in self.snapshot.routes)  # every route's series, at 0
+
     def enter(self) -> Snapshot:
         """The snapshot a new request keeps to its end, counted until ``leave``."""
         snapshot = self.snapshot
@@ -218,6 +221,7 @@ class Runtime:
         only old snapshots used are closed once the last of those requests ends."""
         self.retiring.append(self.snapshot)
         self.snapshot = snapshot
+        self.metrics.add_routes(r.label for r in snapshot.routes)
         self._close_unused_pools()
 
     def _close_unused_pools(self) -> None:
