@@ -77,8 +77,8 @@ class Exchange:
         return headers
 
     def refuse(self, error: ProxyError) -> web.Response:
-        """The JSON error answer for a failure before the response started (with CORS headers,
-        so a browser page can read why)."""
+        """The error answer for a failure before the response started: JSON (with CORS headers, so
+        a browser page can read why), or for a browser navigation's 502/504 a page (errorpage.py)."""
         record = self.record
         record.outcome, record.error, record.error_type = error.outcome, error.message, error.type
         if self.route is not None and error.route is None:
