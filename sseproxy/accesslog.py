@@ -34,11 +34,13 @@ class RequestRecord:
     llm: bool = False                  # an LLM-style stream (a POST naming a model, answered with events)
     attempts: int = 1                  # tries upstream; more than 1 after retries before the first byte
     retried: list[int] = field(default_factory=list)  # the status each retried attempt answered
+    request_id: str | None = None      # X-Request-Id, as sent upstream and returned to the client
+    admin: bool = False                # an admin endpoint (health, metrics): logged, not counted in metrics
 
     def fields(self) -> dict[str, Any]:
         """The record as JSON-ready fields (the access log's JSON form)."""
         out = asdict(self)
-        del out["started"]
+        del out["started"], out["admin"]
         out["outcome"] = self.outcome.value
         for key in ("ttfb", "ttfe", "total"):
             if out[key] is not None:
@@ -77,10 +79,11 @@ class AccessLog:
         if not self.enabled or not self.logger.isEnabledFor(logging.INFO):
             return
         self.logger.info(
-            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s%s',
+            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s%s%s',
             record.client or "-", record.method, record.path, record.route or "-", record.status,
             _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
             record.heartbeats, record.outcome.value, _tokens(record),
+            f" request_id={record.request_id}" if record.request_id else "",
             f" error={json.dumps(record.error)}" if record.error else "",
             extra={"fields": record.fields()},
         )

@@ -17,10 +17,11 @@ from typing import Any
 from . import workers
 from .config import dump_for_humans, parse_listen
 from .errors import ConfigError, Problem
-from .loader import Overrides, load
+from .loader import Expansion, Overrides, load
 from .logs import Redactor, setup
+from .recording import SECRET_HEADERS
 from .runtime import Snapshot, compile_config
-from .service import ServeOptions, Service
+from .service import ServeOptions, Service, TapOptions
 from .units import format_duration, parse_duration
 
 EXIT_USAGE = 2
@@ -45,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--watch", action="store_true", help="reload when the config file changes")
     serve.add_argument("--tap", action="store_true", help="print every relayed event as it passes")
+    serve.add_argument("--tap-width", type=_width, metavar="N",
+                       help="--tap lines at most N characters (default: the terminal's width, or 200 in a pipe)")
+    serve.add_argument("--tap-route", action="append", default=[], metavar="NAME",
+                       help="--tap only this route (by name, or path when it has none); repeatable")
+    serve.add_argument("--tap-field", metavar="PATH",
+                       help="--tap shows this JSON field of each event's data, e.g. choices.0.delta.content")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="N processes serving the same port (SO_REUSEPORT)")
     serve.add_argument("--record", metavar="DIR",
@@ -52,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     check = sub.add_parser("check", help="validate a config and print the resolved route table")
     check.add_argument("file")
+    check.add_argument("--allow-missing-env", action="store_true",
+                       help="validate without the secrets (e.g. in CI): unset variables and unreadable secret "
+                            "files get placeholders, and are listed")
     demo = sub.add_parser("demo", help="a mock LLM upstream with the proxy in front")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
     demo.add_argument("--mock-only", action="store_true",
@@ -71,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _doctor_parser(sub.add_parser("doctor", help="why is my stream batched? measure a URL's stream, name the causes"))
     return p
+
+
+def _width(value: str) -> int:
+    if not value.isdigit() or int(value) < 20:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a width (a whole number of characters, at least 20)")
+    return int(value)
 
 
 def _speed(value: str) -> float:
@@ -167,11 +183,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _supervise(args, config.listen)
 
     async def main() -> None:
-        options = ServeOptions(args.config, overrides, watch=args.watch, tap=args.tap, reuse_port=args.reuse_port,
+        tap = TapOptions(width=args.tap_width, routes=tuple(args.tap_route), field=args.tap_field) if _tapping(args) \
+            else None
+        options = ServeOptions(args.config, overrides, watch=args.watch, tap=tap, reuse_port=args.reuse_port,
                                metrics_dir=os.environ.get(workers.MULTIPROC_ENV), log_format=args.log_format)
         await Service(options, config, redactor, formatter).run(_announce)
 
     return _run(main(), config.listen)
+
+
+def _tapping(args: argparse.Namespace) -> bool:
+    """``--tap``, or any ``--tap-*`` option, which says it too."""
+    return bool(args.tap or args.tap_width or args.tap_route or args.tap_field)
+
+
+def _tap_args(args: argparse.Namespace) -> list[str]:
+    if not _tapping(args):
+        return []
+    return ["--tap", *(["--tap-width", str(args.tap_width)] if args.tap_width else []),
+            *(a for name in args.tap_route for a in ("--tap-route", name)),
+            *(["--tap-field", args.tap_field] if args.tap_field else [])]
 
 
 def _supervise(args: argparse.Namespace, listen: str) -> int:
@@ -180,7 +211,7 @@ def _supervise(args: argparse.Namespace, listen: str) -> int:
                    *(a for prefix, url in args.route for a in ("--route", f"{prefix}={url}")),
                    *(["--log-format", args.log_format] if args.log_format else []),
                    "--log-level", args.log_level, *(["--watch"] if args.watch else []),
-                   *(["--tap"] if args.tap else []), *(["--record", args.record] if args.record else [])]
+                   *_tap_args(args), *(["--record", args.record] if args.record else [])]
     status = 0
 
     async def main() -> None:
@@ -190,11 +221,44 @@ def _supervise(args: argparse.Namespace, listen: str) -> int:
     return _run(main(), listen) or status
 
 
-def route_table(snapshot: Snapshot) -> str:
-    """The routes as ``compile_config`` built them (what requests will use), secrets redacted."""
+def _rules(rules: Any, loc: str, templated: frozenset[str] | None) -> dict[str, Any]:
+    """Header rules as written; a value that came from ``${…}`` is redacted, a literal one (such as
+    ``anthropic-version: 2023-06-01``) is shown, unless its header is a credential (a key pasted into
+    the file is still a key). With ``templated`` unknown, every value is redacted."""
+    shown: dict[str, Any] = {}
+    for kind in ("set", "add"):
+        values = {name: ("<redacted>" if templated is None or f"{loc}.{kind}.{name}" in templated
+                         or name.lower() in SECRET_HEADERS
+                         else (value.get_secret_value() if hasattr(value, "get_secret_value") else value))
+                  for name, value in getattr(rules, kind).items()}
+        if values:
+            shown[kind] = values
+    if rules.remove:
+        shown["remove"] = list(rules.remove)
+    return shown
+
+
+def _cors(policy: Any) -> str:
+    if policy is None or not policy.enabled:
+        return "off"
+    fields = {k: v for k, v in dump_for_humans(policy).items() if k != "enabled"}
+    return json.dumps(fields)
+
+
+def route_table(snapshot: Snapshot, templated: frozenset[str] | None = None) -> str:
+    """The routes as ``compile_config`` built them (what requests will use). Secrets are redacted:
+    every value that came from ``${…}`` (``templated``: their key paths), or every injected value and
+    token when that is unknown."""
     config = snapshot.config
     lines = [f"listen {config.listen}  public={str(config.public).lower()}  admin={snapshot.admin_prefix}  "
-             f"max_body={snapshot.max_body}  access_log={snapshot.access_log}"]
+             f"max_body={snapshot.max_body}  access_log={snapshot.access_log}",
+             f"allowed_hosts {', '.join(sorted(snapshot.allowed_hosts))}"]
+    if config.inbound_auth is not None:
+        count = len(config.inbound_auth.tokens)
+        lines.append(f"inbound_auth header={config.inbound_auth.header} tokens={count} (redacted)")
+    else:
+        lines.append("inbound_auth none")
+    lines.append(f"cors {_cors(config.cors)}")
     if snapshot.trusted_proxies:
         lines.append(f"trusted_proxies {', '.join(str(n) for n in snapshot.trusted_proxies)}")
     for i, (route, written) in enumerate(zip(snapshot.routes, config.routes, strict=True)):
@@ -207,21 +271,28 @@ def route_table(snapshot: Snapshot) -> str:
                      f"idle={format_duration(route.timeouts.idle)} heartbeat={format_duration(route.heartbeat)} "
                      f"compression={route.compression} cors={'on' if route.cors is not None else 'off'}"
                      + (f" record={record}" if (record := config.record_dir(written)) else ""))
+        if written.cors is not None:
+            lines.append(f"    cors: {_cors(written.cors)}")
         for label, rules in (("request_headers", written.request_headers),
                              ("response_headers", written.response_headers)):
-            shown = {k: v for k, v in dump_for_humans(rules).items() if v}
+            shown = _rules(rules, f"routes[{i}].{label}", templated)
             if shown:
                 lines.append(f"    {label}: {json.dumps(shown)}")
     return "\n".join(lines)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    found = Expansion(allow_missing=args.allow_missing_env)
     try:
-        config = load(args.file)
+        config = load(args.file, found=found)
     except ConfigError as e:
         return _fail(e.problems)
     print(f"{args.file}: ok, {len(config.routes)} route{'s' if len(config.routes) != 1 else ''}")
-    print(route_table(compile_config(config)))
+    if found.needed:
+        missing = f"; not set here, checked with placeholders: {', '.join(sorted(found.missing))}" \
+            if found.missing else ""
+        print(f"needs: {', '.join(sorted(found.needed))}{missing}")
+    print(route_table(compile_config(config), frozenset(found.templated)))
     return 0
 
 

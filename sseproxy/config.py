@@ -115,8 +115,9 @@ def _check_upstream_url(value: object) -> str:
         raise ValueError(f"{value!r}: an upstream is a base URL, without query or fragment")
     try:
         parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise ValueError(f"{value!r} has an invalid port") from None
+    except ValueError as e:
+        why = "out of range (0 to 65535)" if "out of range" in str(e) else "not a number"
+        raise ValueError(f"{value!r}: the port is {why}") from None
     problem = host_name_problem(parts.hostname)
     if problem is not None:
         raise ValueError(f"{parts.hostname!r} is not a valid host name: {problem}")
@@ -134,7 +135,9 @@ UpstreamUrl = Annotated[str, BeforeValidator(_check_upstream_url)]
 def parse_listen(value: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` into its parts; raises ``ValueError`` naming the value."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if sep and port.isdigit() and int(port) > 65535:
+        raise ValueError(f"{value!r}: port {int(port)} is out of range (0 to 65535)")
+    if not sep or not port.isdigit():
         raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

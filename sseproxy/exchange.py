@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import cors
+from . import cors, errorpage
 from .accesslog import RequestRecord
 from .errors import ProxyError
 from .framing import accepts_stream
 from .headers import Hop, outbound_request_headers, upstream_accept_encoding
 from .hooks import ExchangeInfo, Hook, open_hooks
+from .requestid import HEADER as REQUEST_ID
+from .requestid import request_id
 from .routing import Target
 from .runtime import RouteRuntime, Runtime, Snapshot
 
@@ -35,6 +37,11 @@ class Exchange:
     route: RouteRuntime | None = None
     hooks: tuple[Hook, ...] = ()
     body_sent: bool = True             # False while a request body is still being sent upstream
+    request_id: str = ""               # the client's X-Request-Id or a new one (requestid.py)
+
+    def __post_init__(self) -> None:
+        self.request_id = self.request_id or request_id(self.request.headers)
+        self.record.request_id = self.request_id
 
     @property
     def origin(self) -> str | None:
@@ -50,12 +57,10 @@ class Exchange:
         """Let every feature that applies to this exchange (process-wide and the route's) hook it."""
         route, target = self.matched, self.target
         assert target is not None
-        factories = (*runtime.hooks, *route.hooks)
-        if not factories:
-            return
+        factories = (runtime.metrics, *runtime.hooks, *route.hooks)  # metrics: events and bytes as they pass
         info = ExchangeInfo(id=self.id, route=route.label, method=self.request.method, path=target.path,
                             query=target.query, client=self.request.remote, headers=self.request.headers,
-                            started=self.record.started)
+                            started=self.record.started, request_id=self.request_id)
         self.hooks = open_hooks(factories, info)
 
     def outbound_headers(self) -> CIMultiDict[str]:
@@ -67,23 +72,35 @@ class Exchange:
                                                    prefer_identity=prefer_identity)
         hop = Hop(client_ip=request.remote, proto=request.scheme, host=request.headers.get("Host"),
                   trusted=self.snapshot.trusted(request.remote))
-        return outbound_request_headers(request.headers, route.outbound, hop, accept_encoding)
+        headers = outbound_request_headers(request.headers, route.outbound, hop, accept_encoding)
+        headers[REQUEST_ID] = self.request_id  # the upstream's log can name the same request
+        return headers
 
     def refuse(self, error: ProxyError) -> web.Response:
-        """The JSON error answer for a failure before the response started (with CORS headers,
-        so a browser page can read why)."""
+        """The error answer for a failure before the response started: JSON (with CORS headers, so
+        a browser page can read why), or for a browser navigation's 502/504 a page (errorpage.py)."""
         record = self.record
         record.outcome, record.error, record.error_type = error.outcome, error.message, error.type
         if self.route is not None and error.route is None:
             error.route = self.route.label
         record.route = record.route or error.route
         headers: CIMultiDict[str] = CIMultiDict(error.headers)
+        headers[REQUEST_ID] = self.request_id
         if self.route is not None and self.route.cors is not None:
             cors.decorate(self.route.cors, self.origin, headers)
-        response = web.Response(status=error.status, headers=headers, content_type="application/json",
-                                text=json.dumps(error.body()))
+        if self.route is not None and errorpage.wants_page(error.status, self.request.headers.get("Accept")):
+            text, content_type = self._page(error, self.route), "text/html"
+        else:
+            text, content_type = json.dumps(error.body()), "application/json"
+        response = web.Response(status=error.status, headers=headers, content_type=content_type, text=text)
         record.status = response.status
         return response
+
+    def _page(self, error: ProxyError, route: RouteRuntime) -> str:
+        """A browser navigation's 502/504: a page naming the route, the upstream and a hint."""
+        index = next((i for i, r in enumerate(self.snapshot.routes) if r is route), None)
+        key_path = f"routes[{index}].upstream" if index is not None else "the route's upstream"
+        return errorpage.render(error, route.label, route.upstreams.urls, key_path, self.request_id)
 
     def end_hooks(self) -> None:
         for hook in self.hooks:

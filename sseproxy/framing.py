@@ -115,9 +115,7 @@ class SseFramer(Framer):
         return m.end() if m else -1
 
     def _count(self, data: bytes | bytearray) -> int:
-        if b"\r" not in data:  # LF-only: the same non-overlapping count as the regex, in C
-            return data.count(b"\n\n")
-        return len(_SSE_BOUNDARY.findall(data))
+        return count_frames(StreamKind.SSE, data)
 
 
 class LineFramer(Framer):
@@ -126,7 +124,19 @@ class LineFramer(Framer):
         return end + 1 if end >= 0 else -1
 
     def _count(self, data: bytes | bytearray) -> int:
+        return count_frames(StreamKind.LINES, data)
+
+
+def count_frames(kind: StreamKind, data: bytes | bytearray) -> int:
+    """Frame boundaries in ``data``, as the framer counts them: on what a framer returned (whole
+    frames), this is the number of frames, so an observer can count without a framer of its own."""
+    if kind is StreamKind.SSE:
+        if b"\r" not in data:  # LF-only: the same non-overlapping count as the regex, in C
+            return data.count(b"\n\n")
+        return len(_SSE_BOUNDARY.findall(data))
+    if kind is StreamKind.LINES:
         return data.count(b"\n") or data.count(b"\r")
+    return 0
 
 
 def framer_for(kind: StreamKind) -> Framer | None:

@@ -33,6 +33,7 @@ class ExchangeInfo:
     client: str | None                       # the client's address
     headers: CIMultiDictProxy[str]           # the request headers as the client sent them
     started: float                           # loop.time() when the request arrived
+    request_id: str = ""                     # X-Request-Id: the client's, or one the proxy made
 
 
 class Hook(Protocol):

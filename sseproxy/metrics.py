@@ -1,27 +1,136 @@
 """Prometheus metrics on a registry the app owns (never the global default one).
 
-Everything is recorded once per request, when it ends, from its ``RequestRecord``: no label lookup
-or lock on the per-event path. The active-streams gauge is the one exception: it moves when a stream
-starts and ends.
+Most series are recorded once per request, when it ends, from its ``RequestRecord``. Events and bytes
+relayed, and the gaps between events, move while a stream runs: a ``StreamMeter`` hook adds them up in
+plain integers as frames pass and hands them to prometheus-client at most once a second (and at the
+end), so a dashboard sees a long stream progress while the per-event cost stays a few additions. The
+active-streams gauge moves when a stream starts and ends. Every configured route has its series from
+the start, at 0, so no panel says "no data"; no ``_created`` series are exposed; admin requests
+(health, metrics scrapes) are not counted.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from .accesslog import RequestRecord
 from .errors import Outcome
+from .framing import StreamKind, count_frames
+from .hooks import ExchangeInfo
 
 UPSTREAM_FAILURES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.TIMEOUT})
+UPSTREAM_ERROR_TYPES = ("upstream_unavailable", "upstream_timeout", "upstream_error")  # series made up front
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+FLUSH_EVERY = 1.0  # seconds: how stale a running stream's counters may be on a scrape
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _WithoutCreated(Collector):
+    """A registry's metrics without the ``_created`` samples (prometheus-client's switch for them is
+    process-wide state; this filter is the registry's own)."""
+
+    def __init__(self, source: Collector):
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.source.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
+
+
+def _observe_many(child: Any, counts: list[int], total: float) -> None:
+    """Add ``counts`` (one per bucket, not cumulative, as ``Histogram.observe`` keeps them) and their
+    ``total`` to a histogram child in one step, where observing each gap would lock per event."""
+    buckets = getattr(child, "_buckets", None)
+    sum_value = getattr(child, "_sum", None)
+    if buckets is None or sum_value is None or len(buckets) != len(counts):  # not the layout known: one by one
+        bounds = [*GAP_BUCKETS, float("inf")]
+        for i, n in enumerate(counts):
+            for _ in range(n):
+                child.observe(bounds[i])
+        return
+    sum_value.inc(total)
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+
+
+class StreamMeter:
+    """One exchange's running counts: added up per write, flushed at most once a second and at the
+    end. At the end, whatever the record holds beyond what was flushed (heartbeats, the proxy's error
+    event, a WebSocket's frames) is added, so the totals equal the access log's, never counted twice."""
+
+    def __init__(self, metrics: Metrics, route: str):
+        self._metrics = metrics
+        self._route = route
+        self._kind = StreamKind.NONE
+        self._events = self._bytes = 0                   # not yet flushed
+        self._flushed_events = self._flushed_bytes = 0
+        self._gaps = [0] * (len(GAP_BUCKETS) + 1)        # not yet flushed, one count per bucket
+        self._gap_total = 0.0
+        self._last_at: float | None = None
+        self._flushed_at: float | None = None
+
+    def request_body(self, chunk: bytes) -> None:
+        pass
+
+    def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
+        self._kind = kind
+
+    def data(self, chunk: bytes, at: float) -> None:
+        self._bytes += len(chunk)
+        if self._kind is StreamKind.NONE:
+            return
+        self._events += count_frames(self._kind, chunk)
+        last, self._last_at = self._last_at, at
+        if last is None:
+            self._flushed_at = at
+            return
+        gap = at - last
+        self._gaps[bisect.bisect_left(GAP_BUCKETS, gap)] += 1
+        self._gap_total += gap
+        if self._flushed_at is not None and at - self._flushed_at >= FLUSH_EVERY:
+            self._flush(at)
+
+    def _flush(self, at: float | None) -> None:
+        m, route = self._metrics, self._route
+        if self._events:
+            m.events.labels(route).inc(self._events)
+            self._flushed_events += self._events
+            self._events = 0
+        if self._bytes:
+            m.bytes.labels(route).inc(self._bytes)
+            self._flushed_bytes += self._bytes
+            self._bytes = 0
+        if any(self._gaps):
+            _observe_many(m.gaps.labels(route), self._gaps, self._gap_total)
+            self._gaps = [0] * len(self._gaps)
+            self._gap_total = 0.0
+        self._flushed_at = at
+
+    def end(self, record: RequestRecord) -> None:
+        self._events = max(0, record.events - self._flushed_events)
+        self._bytes = max(0, record.bytes - self._flushed_bytes)
+        self._flush(None)
+        if self._kind is not StreamKind.NONE and record.total is not None:
+            self._metrics.duration.labels(self._route).observe(record.total)
 
 
 class Metrics:
     """``multiprocess_dir`` (with ``--workers``): every worker writes there, and any worker's
-    ``render`` sums them all, so a scrape sees the whole server whichever worker answers it."""
+    ``render`` sums them all, so a scrape sees the whole server whichever worker answers it.
+    It is also the hook factory of the running counters (``StreamMeter``)."""
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
@@ -35,6 +144,10 @@ class Metrics:
                               ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttfe = Histogram("sseproxy_time_to_first_event_seconds", "Time to the first whole event or line",
                               ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.gaps = Histogram("sseproxy_event_gap_seconds", "Time between consecutive writes of events to a client",
+                              ["route"], buckets=GAP_BUCKETS, registry=r)
+        self.duration = Histogram("sseproxy_stream_duration_seconds", "How long streams lasted, start to end",
+                                  ["route"], buckets=DURATION_BUCKETS, registry=r)
         self.events = Counter("sseproxy_events_relayed", "Whole events and lines relayed", ["route"], registry=r)
         self.bytes = Counter("sseproxy_bytes_relayed", "Response body bytes relayed", ["route"], registry=r)
         self.upstream_errors = Counter("sseproxy_upstream_errors", "Upstream failures by type",
@@ -50,17 +163,28 @@ class Metrics:
         self.llm_cancelled = Counter("sseproxy_llm_streams_cancelled", "LLM streams the client left before the end",
                                      ["route"], registry=r)
 
+    def add_routes(self, routes: Iterable[str]) -> None:
+        """Make every per-route series of ``routes`` now, at 0, so dashboards have them from the start."""
+        for route in routes:
+            for metric in (self.active_streams, self.ttfb, self.ttfe, self.gaps, self.duration, self.events,
+                           self.bytes, self.client_hangups, self.heartbeats):
+                metric.labels(route)
+            for kind in UPSTREAM_ERROR_TYPES:
+                self.upstream_errors.labels(route, kind)
+
+    def open(self, info: ExchangeInfo) -> StreamMeter:
+        return StreamMeter(self, info.route)
+
     def observe(self, record: RequestRecord) -> None:
+        """The request's end. Events and bytes are not here: its ``StreamMeter`` counted them."""
+        if record.admin:
+            return
         route = record.route or "-"
         self.requests.labels(route, record.method, str(record.status), record.outcome.value).inc()
         if record.ttfb is not None:
             self.ttfb.labels(route).observe(record.ttfb)
         if record.ttfe is not None:
             self.ttfe.labels(route).observe(record.ttfe)
-        if record.events:
-            self.events.labels(route).inc(record.events)
-        if record.bytes:
-            self.bytes.labels(route).inc(record.bytes)
         if record.heartbeats:
             self.heartbeats.labels(route).inc(record.heartbeats)
         if record.outcome is Outcome.CLIENT_CLOSED:
@@ -78,7 +202,7 @@ class Metrics:
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return generate_latest(_WithoutCreated(self.registry))
         combined = CollectorRegistry()
         MultiProcessCollector(combined, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(combined)
+        return generate_latest(_WithoutCreated(combined))

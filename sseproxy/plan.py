@@ -15,6 +15,7 @@ from . import cors
 from .decoding import Decoder, decoder_for
 from .framing import Framer, StreamKind, framer_for, stream_kind
 from .headers import Headers, apply_rules, stream_response_headers, without_hop_by_hop
+from .requestid import HEADER as REQUEST_ID
 from .runtime import RouteRuntime
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # no header value may carry these (tab may)
@@ -38,7 +39,7 @@ class StreamPlan:
         return framer_for(self.kind)
 
 
-def plan_response(upstream_headers: Headers, route: RouteRuntime, origin: str | None) -> StreamPlan:
+def plan_response(upstream_headers: Headers, route: RouteRuntime, origin: str | None, request_id: str) -> StreamPlan:
     kind = stream_kind(upstream_headers.get("Content-Type"), route.stream)
     decoder = None
     if kind is not StreamKind.NONE:
@@ -56,6 +57,7 @@ def plan_response(upstream_headers: Headers, route: RouteRuntime, origin: str | 
             headers[name] = route.rewrite_location(headers[name])
     if kind is not StreamKind.NONE:
         stream_response_headers(headers, decoded=decoder is not None)
+    headers[REQUEST_ID] = request_id  # the client can quote it; response_headers rules may still remove it
     apply_rules(headers, route.response_rules)
     if route.cors is not None:
         cors.decorate(route.cors, origin, headers)

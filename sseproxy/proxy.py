@@ -122,6 +122,7 @@ class ProxyHandler:
             raise Forbidden(f"host {host!r} is not in allowed_hosts")
         if admin.owns(snapshot.admin_prefix, target.path):
             record.route = "admin"
+            record.admin = True  # scrapes and probes are not traffic: logged, not counted in metrics
             response = await admin.respond(self.runtime, target.path, request)
             record.status = response.status
             return response
@@ -237,7 +238,7 @@ class ProxyHandler:
     async def _respond(self, exchange: Exchange, upstream: Upstream) -> web.StreamResponse:
         request, route, record = exchange.request, exchange.matched, exchange.record
         try:
-            plan = plan_response(upstream.headers, route, exchange.origin)
+            plan = plan_response(upstream.headers, route, exchange.origin, exchange.request_id)
         except ValueError as error:
             upstream.close()
             raise UpstreamUnavailable(f"the upstream's response head is unusable: {error}") from None

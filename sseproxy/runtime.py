@@ -225,6 +225,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.inspector.redactor.add(self.snapshot.secrets)
         self.hooks = (*self.hooks, self.inspector)
+        self.metrics.add_routes(r.label for r in self.snapshot.routes)  # every route's series, at 0
 
     def enter(self) -> Snapshot:
         """The snapshot a new request keeps to its end, counted until ``leave``."""
@@ -243,6 +244,7 @@ class Runtime:
         self.retiring.append(self.snapshot)
         self.snapshot = snapshot
         self.inspector.redactor.add(snapshot.secrets)
+        self.metrics.add_routes(r.label for r in snapshot.routes)
         self._close_unused_pools()
 
     def _close_unused_pools(self) -> None:

@@ -24,11 +24,20 @@ log = logging.getLogger("sseproxy")
 
 
 @dataclass(frozen=True)
+class TapOptions:
+    """``--tap`` and its ``--tap-width``, ``--tap-route`` and ``--tap-field``."""
+
+    width: int | None = None               # None: the terminal's width, or 200 in a pipe
+    routes: tuple[str, ...] = ()           # empty: every route
+    field: str | None = None               # a JSON path into each event's data
+
+
+@dataclass(frozen=True)
 class ServeOptions:
     config_path: str | None
     overrides: Overrides
     watch: bool = False
-    tap: bool = False
+    tap: TapOptions | None = None          # --tap, with its options
     reuse_port: bool = False               # a worker of --workers N
     metrics_dir: str | None = None         # prometheus-client multiprocess directory, with --workers
     log_format: str | None = None          # --log-format: every line, the access log's too, whatever the file says
@@ -48,7 +57,10 @@ class Service:
         counts = StreamCounts()
         snapshot = compile_config(config, counts)
         redactor.add(snapshot.secrets)
-        self.runtime = Runtime(snapshot, counts=counts, hooks=(Tap(redact=redactor),) if options.tap else (),
+        tap = options.tap
+        self.runtime = Runtime(snapshot, counts=counts,
+                               hooks=(Tap(redact=redactor, width=tap.width, routes=tap.routes, field=tap.field),)
+                               if tap is not None else (),
                                metrics=Metrics(options.metrics_dir))
         self.access_log = AccessLog(enabled=config.access_log != "off")
         self.listener = Listener(self.runtime, self.access_log, reuse_port=options.reuse_port)

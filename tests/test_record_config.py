@@ -55,4 +55,5 @@ async def test_check_shows_where_each_route_records(tmp_path: Path) -> None:
     code, out, err = await run_cli("check", str(path))
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[3].endswith(" record=all/") and "record=" not in lines[5]
+    first, second = (lines.index(next(line for line in lines if line.startswith(f"[{i}] "))) for i in (0, 1))
+    assert lines[first + 1].endswith(" record=all/") and "record=" not in lines[second + 1]

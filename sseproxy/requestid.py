@@ -1,0 +1,20 @@
+"""Request ids: the client's ``X-Request-Id`` when it is a sane token, else a new one (uuid4 hex).
+
+The id goes upstream, back to the client, into the access log and onto every ``--tap`` line, so a
+tap line, a log line and the upstream's own log can be matched. A client's id is kept only when it
+is short and made of safe characters: it is written into logs and headers verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+
+HEADER = "X-Request-Id"
+_SAFE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # bounds what a client can put in a log line
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    given = headers.get(HEADER, "").strip()
+    return given if _SAFE.fullmatch(given) else uuid.uuid4().hex
