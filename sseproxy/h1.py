@@ -108,6 +108,7 @@ class H1Connection(asyncio.Protocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._lost = False
         self._early_error: BaseException | None = None
+        self._head_only = False  # the request was HEAD: the response has no body, whatever it declares
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -209,8 +210,14 @@ class H1Connection(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             head.set_result(H1Response(self, status, self._reason, headers))
+        if self._head_only:  # the parser cannot be told a HEAD answer has no body: end it here, never reuse
+            self._keep_alive = False
+            self._complete = True
+            self._end(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return  # a body where none may be (HEAD): not relayed, and the connection is not reused
         sink = self._sink
         if sink is not None:
             sink.body(body)
@@ -222,15 +229,16 @@ class H1Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if not self._in_body:
-            return  # an interim response ended
+            return  # an interim response ended, or a HEAD answer already ended
         self._complete = True
         self._end(None)
 
     # -- the exchange ---------------------------------------------------------------------------
     async def exchange(self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool,
-                       timeouts: Timeouts, where: str) -> H1Response:
+                       timeouts: Timeouts, where: str, head_only: bool = False) -> H1Response:
         """Send one request; returns when the response head has arrived."""
         self._head = self.loop.create_future()
+        self._head_only = head_only
         assert self.transport is not None
         self.transport.write(head)
         if body is not None:
@@ -474,15 +482,16 @@ async def send(pools: H1Pools, target: UpstreamTarget, out: OutboundRequest) -> 
         where = f"http://{host}:{port}"
         path = url.raw_path_qs
         head, chunked = request_head(out, path, url.raw_authority)
+        head_only = out.method == "HEAD"
         connection = await pool.connection(target.timeouts, where)
         try:
-            return await connection.exchange(head, out.body, chunked, target.timeouts, where)
+            return await connection.exchange(head, out.body, chunked, target.timeouts, where, head_only)
         except UpstreamUnavailable:
             if not (connection.reused and out.body is None):
                 raise
         # a kept-alive connection the upstream closed just as it was reused: once more on a new one
         connection = await pool.connection(target.timeouts, where)
-        return await connection.exchange(head, out.body, chunked, target.timeouts, where)
+        return await connection.exchange(head, out.body, chunked, target.timeouts, where, head_only)
 
     return await with_failover(target, out.path, out.query, attempt)
 

@@ -205,9 +205,9 @@ class ProxyHandler:
         while True:
             try:
                 upstream: Upstream
-                if route.plain_http and request.method != "HEAD":
+                if route.plain_http:
                     upstream = await h1.send(self.runtime.h1, route, outbound)
-                else:  # TLS, and HEAD (whose body-less answer the lean parser cannot be told of)
+                else:  # TLS upstreams: aiohttp's client
                     upstream = await send(self.runtime.pools, route, outbound)
             except ProxyError:
                 if limit.exceeded:

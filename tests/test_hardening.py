@@ -418,3 +418,31 @@ async def test_tap_through_a_running_proxy_never_prints_an_injected_key_the_upst
             line = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode()
             gate.release(None)
     assert key not in line and "<redacted>" in line
+
+
+@pytest.mark.parametrize("method,answer,relayed", [
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Head: 1\r\n\r\nhello", b""),
+    ("GET", b"HTTP/1.1 204 No Content\r\nX-Head: 1\r\n\r\nbody", b""),
+    ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Head: 1\r\n\r\nokEXTRA", b"ok"),
+], ids=["head-with-body", "204-with-body", "short-content-length"])
+async def test_a_complete_response_with_extra_bytes_is_relayed_and_its_connection_closed(
+        method: str, answer: bytes, relayed: bytes) -> None:
+    """Bytes after a complete response, in the same read, do not turn it into a 502: it is relayed
+    whole, and the connection that carried the extra bytes is closed (as nginx and Go do)."""
+    connections = 0
+
+    async def extra(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            await read_head(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    async with raw_server(extra) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        for _ in range(2):
+            resp = await raw_request(proxy, method, "/", {})
+            assert resp.status == int(answer.split(b" ")[1]) and resp.headers["x-head"] == "1"
+            if method != "HEAD":
+                assert await resp.body() == relayed
+    assert connections == 2  # never reused after the extra bytes
