@@ -18,6 +18,8 @@ MAX_FRAME = 1024 * 1024  # bounds the bytes held per stream while a frame is inc
 # engine scan from the end, so a chunk that ends on a boundary costs almost nothing.
 _LAST_SSE_BOUNDARY = re.compile(rb"(?s:.*)(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
 _SSE_BOUNDARY = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
+SSE_BOUNDARY = _SSE_BOUNDARY  # the blank line that ends an event: for features that split what the relay wrote
+LINE_END = re.compile(rb"\r\n|\n|\r")
 # Endings that always close an event: LF LF (or CRLF LF), CRLF CRLF, CR CR.
 _ENDS_ON_BOUNDARY = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _CONTEXT = 3  # a boundary is at most 4 bytes: keep 3 already-scanned bytes to find one split by a read
@@ -145,3 +147,29 @@ def framer_for(kind: StreamKind) -> Framer | None:
     if kind is StreamKind.LINES:
         return LineFramer()
     return None
+
+
+def split_frames(data: bytes, sse: bool) -> list[bytes]:
+    """Whole frames written by the relay, one item each (empty pieces included: callers skip them)."""
+    return SSE_BOUNDARY.split(data) if sse else LINE_END.split(data)
+
+
+def parse_event(block: bytes) -> tuple[str, bytes]:
+    """An SSE block's event name and data lines joined with ``\\n`` (shown as two characters). A block
+    that dispatches nothing in a browser is named ``(comment)`` or ``(no data)`` (only id/retry)."""
+    name, data, fields = "message", [], 0
+    for line in LINE_END.split(block):
+        field_name, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if field_name == b"event":
+            name = value[:1024].decode("utf-8", "replace")  # never more of a name than is shown
+        elif field_name == b"data":
+            data.append(value)
+        if field_name:
+            fields += 1
+    if not data:
+        return ("(comment)" if not fields else "(no data)"), block.lstrip(b":").strip()
+    return name, b"\\n".join(data)
+
+
+NO_DATA = ("(comment)", "(no data)")

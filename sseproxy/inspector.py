@@ -25,7 +25,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from .accesslog import RequestRecord
-from .framing import StreamKind
+from .framing import StreamKind, count_frames, parse_event, split_frames
 from .hooks import ExchangeInfo
 from .logs import Redactor
 
@@ -38,8 +38,6 @@ PREVIEW = 200        # characters of an event's data shown
 NAME = 64            # characters of an event name shown
 SCAN = 8192          # bytes of an event's data looked at for its preview: bounds the work per event
 
-_SSE_BOUNDARY = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
-_LINE = re.compile(rb"\r\n|\n|\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SSE, _LINES = StreamKind.SSE, StreamKind.LINES
 
@@ -48,32 +46,6 @@ def visible(text: str, limit: int) -> str:
     """``text`` cut at ``limit`` characters, control characters shown as escapes, never obeyed."""
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def count_frames(kind: StreamKind | None, data: bytes) -> int:
-    """Whole events (SSE) or lines in ``data``, counted as the framer counts them."""
-    if kind is StreamKind.SSE:
-        return data.count(b"\n\n") if b"\r" not in data else len(_SSE_BOUNDARY.findall(data))
-    if kind is StreamKind.LINES:
-        return data.count(b"\n") or data.count(b"\r")
-    return 0
-
-
-def parse_event(block: bytes) -> tuple[str, bytes]:
-    """An SSE block's event name and data lines joined with ``\\n`` (shown as two characters)."""
-    name, data, fields = "message", [], 0
-    for line in _LINE.split(block):
-        field_name, _, value = line.partition(b":")
-        value = value[1:] if value.startswith(b" ") else value
-        if field_name == b"event":
-            name = value[:1024].decode("utf-8", "replace")  # never more of a name than is shown
-        elif field_name == b"data":
-            data.append(value)
-        if field_name:
-            fields += 1
-    if not data:  # dispatches nothing in a browser: a comment, or only id/retry
-        return ("(comment)" if not fields else "(no data)"), block.lstrip(b":").strip()
-    return name, b"\\n".join(data)
 
 
 class Subscriber:
@@ -144,12 +116,9 @@ class StreamView:
         # the per-write cost with no page open: this and nothing else (inline: about 0.6 µs a write)
         self.nbytes += len(chunk)
         kind = self.kind
-        if kind is _SSE:
-            frames = chunk.count(b"\n\n") if b"\r" not in chunk else len(_SSE_BOUNDARY.findall(chunk))
-        elif kind is _LINES:
-            frames = chunk.count(b"\n") or chunk.count(b"\r")
-        else:
+        if kind is not _SSE and kind is not _LINES:
             return
+        frames = count_frames(kind, chunk)
         if frames:
             if self.first_event_at is None:
                 self.first_event_at = at
@@ -221,7 +190,7 @@ class Inspector:
         """A preview per whole event in ``chunk``, for the subscribers (only called when there are)."""
         try:
             sse = view.kind is StreamKind.SSE
-            pieces = _SSE_BOUNDARY.split(chunk) if sse else _LINE.split(chunk)
+            pieces = split_frames(chunk, sse)
             n = before
             for piece in pieces:
                 if not piece.strip(b"\r\n"):

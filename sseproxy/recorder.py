@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 from multidict import CIMultiDict
 
 from .errors import Outcome
-from .framing import StreamKind
+from .framing import LINE_END, SSE_BOUNDARY, StreamKind
 from .hooks import ExchangeInfo
 from .recording import Frame, RecordedRequest, RecordedResponse, Recording, Redaction, dumps, file_name, write_atomic
 
@@ -37,8 +36,6 @@ log = logging.getLogger("sseproxy")
 MAX_RECORDING = 64 * 1024 * 1024  # bounds the bytes (request body + response) held per recorded exchange
 DIRECT_WRITE = 256 * 1024  # recordings up to this size are written on the loop; larger ones on a thread
 
-_SSE_BOUNDARY = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
-_LINE_END = re.compile(rb"\r\n|\n|\r")
 _CONTEXT = 3  # a boundary is at most 4 bytes: rescan this much of the held tail when more arrives
 
 Saved = Callable[[Path, Recording], None]
@@ -50,7 +47,7 @@ class FrameSplitter:
     frame is held until the frame completes."""
 
     def __init__(self, kind: StreamKind):
-        self._boundary = _SSE_BOUNDARY if kind is StreamKind.SSE else _LINE_END
+        self._boundary = SSE_BOUNDARY if kind is StreamKind.SSE else LINE_END
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:

@@ -17,56 +17,32 @@ from aiohttp import web
 
 from .aiohttp_internals import ProxyProtocol
 from .decoding import DecodeError
-from .errors import ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
+from .errors import ProxyError, UpstreamError, UpstreamIdle
 from .exchange import Exchange
 from .h1 import H1Response
 from .plan import StreamPlan
-from .relay_policy import HEARTBEAT, Ending, RelayPolicy, Tick, ending
-from .streaming import YIELD_EVERY
+from .relay_policy import HEARTBEAT, Ending, Tick, ending
+from .streaming import YIELD_EVERY, RelayState
 
 
-class CallbackRelay:
+class CallbackRelay(RelayState):
     """Moves one upstream body (from ``h1``) to one client response, in callbacks."""
 
     def __init__(self, exchange: Exchange, upstream: H1Response, response: web.StreamResponse, plan: StreamPlan):
-        route = exchange.matched
-        self._exchange = exchange
+        super().__init__(exchange, response, plan)
         self._upstream = upstream
-        self._response = response
-        self._plan = plan
-        self._hooks = exchange.hooks
-        self.framer = plan.framer()
         self._decoder = plan.decoder
-        self._loop = asyncio.get_running_loop()
         self._transport = exchange.request.transport
         protocol = exchange.request.protocol
         self._client = protocol if isinstance(protocol, ProxyProtocol) else None
         self._chunked = "chunked" in response.headers.get("Transfer-Encoding", "")  # as prepare() chose
-        now = self._loop.time()
-        self.policy = RelayPolicy(heartbeat=route.heartbeat if plan.sse else 0.0,
-                                  idle=route.timeouts.idle, last_read=now, last_write=now)
         self._done: asyncio.Future[None] = self._loop.create_future()
-        self._failure: ProxyError | None = None
         self._client_left = False
         self._client_paused = False
         self._yielding = False
         self._pending: Iterator[bytes] | None = None   # decoded pieces not yet relayed (a bomb, yielding)
         self._pending_end: tuple[BaseException | None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.bytes = self.heartbeats = 0
-        self.first_event_at: float | None = None
-
-    @property
-    def between_frames(self) -> bool:
-        return self.framer is None or not self.framer.mid_frame
-
-    @property
-    def events(self) -> int:
-        return self.framer.frames if self.framer is not None else 0
-
-    def stop(self) -> None:
-        """End this stream for shutdown, with a ``shutdown`` error event."""
-        self._fail(ShuttingDown("sseproxy is shutting down"))
 
     async def run(self) -> Ending:
         if self._client is not None:
@@ -179,14 +155,8 @@ class CallbackRelay:
             self.finished(error)
 
     def _emit(self, piece: bytes) -> None:
-        framer = self.framer
-        if framer is None:
-            self._send(piece)
-            return
-        out = framer.feed(piece)
+        out = self._framed(piece)
         if out:
-            if self.first_event_at is None and framer.frames:
-                self.first_event_at = self._loop.time()
             self._send(out)
 
     def _send(self, data: bytes) -> None:
@@ -231,11 +201,3 @@ class CallbackRelay:
     def _finish(self) -> None:
         if not self._done.done():
             self._done.set_result(None)
-
-    def _fill_record(self) -> None:
-        record = self._exchange.record
-        record.bytes, record.events, record.heartbeats = self.bytes, self.events, self.heartbeats
-        if self.first_event_at is not None:
-            record.ttfe = self.first_event_at - record.started
-        if self._failure is not None:
-            record.error, record.error_type = self._failure.message, self._failure.type

@@ -34,14 +34,13 @@ class ClientClosed(ConnectionError):
     """The client went away while the proxy was writing to it."""
 
 
-class Relay:
-    """Moves one upstream body to one client response, then ends it as the policy says."""
+class RelayState:
+    """What both relays (this awaiting one and ``relay_callbacks``' one) keep of a stream: its plan,
+    framer and policy, what it sent, and how that goes into the exchange's record."""
 
-    def __init__(self, exchange: Exchange, upstream: aiohttp.ClientResponse, response: web.StreamResponse,
-                 plan: StreamPlan):
+    def __init__(self, exchange: Exchange, response: web.StreamResponse, plan: StreamPlan):
         route = exchange.matched
         self._exchange = exchange
-        self._upstream = upstream
         self._response = response
         self._plan = plan
         self._hooks = exchange.hooks
@@ -51,7 +50,6 @@ class Relay:
         self.policy = RelayPolicy(heartbeat=route.heartbeat if plan.sse else 0.0,
                                   idle=route.timeouts.idle, last_read=now, last_write=now)
         self._failure: ProxyError | None = None
-        self._protocol: GuardedResponseHandler | None = None
         self.bytes = self.heartbeats = 0
         self.first_event_at: float | None = None
 
@@ -64,9 +62,40 @@ class Relay:
         return self.framer.frames if self.framer is not None else 0
 
     def stop(self) -> None:
-        """End this stream for shutdown: the pending read fails and the stream ends with a
-        ``shutdown`` error event."""
+        """End this stream for shutdown, with a ``shutdown`` error event."""
         self._fail(ShuttingDown("sseproxy is shutting down"))
+
+    def _fail(self, failure: ProxyError) -> None:
+        raise NotImplementedError
+
+    def _framed(self, piece: bytes) -> bytes:
+        """The whole frames ``piece`` completes (all of it when the stream is not framed)."""
+        framer = self.framer
+        if framer is None:
+            return piece
+        out = framer.feed(piece)
+        if out and self.first_event_at is None and framer.frames:
+            self.first_event_at = self._loop.time()
+        return out
+
+    def _fill_record(self) -> None:
+        record = self._exchange.record
+        record.bytes, record.events, record.heartbeats = self.bytes, self.events, self.heartbeats
+        if self._failure is not None:
+            record.error, record.error_type = self._failure.message, self._failure.type
+        if self.first_event_at is not None:
+            record.ttfe = self.first_event_at - record.started
+
+
+class Relay(RelayState):
+    """Moves one upstream body to one client response, awaiting each read and write, then ends it
+    as the policy says. Used for TLS upstreams (aiohttp's client); plain-http ones take the callbacks."""
+
+    def __init__(self, exchange: Exchange, upstream: aiohttp.ClientResponse, response: web.StreamResponse,
+                 plan: StreamPlan):
+        super().__init__(exchange, response, plan)
+        self._upstream = upstream
+        self._protocol: GuardedResponseHandler | None = None
 
     def _fail(self, failure: ProxyError) -> None:
         if self._failure is None:
@@ -159,14 +188,8 @@ class Relay:
             await self._send(rest)  # an incomplete last frame, passed on as the upstream ended it
 
     async def _emit(self, piece: bytes) -> None:
-        framer = self.framer
-        if framer is None:
-            await self._send(piece)
-            return
-        out = framer.feed(piece)
+        out = self._framed(piece)
         if out:
-            if self.first_event_at is None and framer.frames:
-                self.first_event_at = self._loop.time()
             await self._send(out)
 
     async def _send(self, data: bytes) -> None:
@@ -198,14 +221,6 @@ class Relay:
             elif tick is Tick.IDLE:
                 self._fail(UpstreamIdle(f"upstream sent nothing for {policy.idle:g}s"))
                 return
-
-    def _fill_record(self) -> None:
-        record = self._exchange.record
-        record.bytes, record.events, record.heartbeats = self.bytes, self.events, self.heartbeats
-        if self._failure is not None:
-            record.error, record.error_type = self._failure.message, self._failure.type
-        if self.first_event_at is not None:
-            record.ttfe = self.first_event_at - record.started
 
 
 async def _yield() -> int:

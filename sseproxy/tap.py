@@ -19,11 +19,9 @@ from typing import Any, TextIO
 from multidict import CIMultiDict
 
 from .accesslog import RequestRecord
-from .framing import StreamKind
+from .framing import NO_DATA, StreamKind, parse_event, split_frames
 from .hooks import ExchangeInfo
 
-_BOUNDARY = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
-_LINE = re.compile(rb"\r\n|\n|\r")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 NAME = 40     # characters of an event name shown
 SCAN = 8192   # bytes of an event's data looked at for its preview: bounds the work per event
@@ -115,15 +113,15 @@ class Tap:
     def frames(self, route: str, stream_id: int, data: bytes, sse: bool, request_id: str = "") -> None:
         """Print one line per whole event (SSE) or line (NDJSON) in ``data``."""
         stamp = time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
-        pieces = _BOUNDARY.split(data) if sse else _LINE.split(data)
+        pieces = split_frames(data, sse)
         rid = f"{_visible(request_id, NAME)} " if request_id else ""
         lines = []
         for piece in pieces:
             if not piece.strip():
                 continue
-            name, payload = ("line", piece) if not sse else self._parse(piece)
-            if name is None:
-                continue
+            name, payload = parse_event(piece) if sse else ("line", piece)
+            if name in NO_DATA:
+                continue  # a comment or a block without data dispatches nothing
             if self.field is not None:
                 text = pick(payload, self.field)
                 shown = self.redact(text) if text is not None else "-"
@@ -138,17 +136,3 @@ class Tap:
         if lines:
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()
-
-    @staticmethod
-    def _parse(event: bytes) -> tuple[str | None, bytes]:
-        name, data = "message", []
-        for line in _LINE.split(event):
-            field, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if field == b"event":
-                name = value[:1024].decode("utf-8", "replace")  # never more of a name than is shown
-            elif field == b"data":
-                data.append(value)
-        if not data:
-            return None, b""  # a comment or a block without data dispatches nothing
-        return name, b"\\n".join(data)

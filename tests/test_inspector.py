@@ -16,9 +16,9 @@ from helpers import Gate, Truncated, raw_request, running_app, running_listener,
 from inspector_helpers import Feed, gated_paths_app, stream_client
 from upstreams import echo_app
 
-from sseproxy.framing import StreamKind
+from sseproxy.framing import StreamKind, count_frames, parse_event
 from sseproxy.hooks import ExchangeInfo
-from sseproxy.inspector import Inspector, count_frames, parse_event
+from sseproxy.inspector import Inspector
 
 KEY = "sk-inspector-test-0123456789abcdef"
 
