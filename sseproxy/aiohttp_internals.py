@@ -65,6 +65,47 @@ def _refusal_bytes(refusal: ParserRefusal) -> bytes:
             % (refusal.status, reason, len(body)) + body)
 
 
+class HeadDeadlines:
+    """Every connection's request-head deadline on one timer, not one timer per connection: arming
+    is a dict write, and a sweep every quarter of ``header_timeout`` (at most once a second) closes
+    the connections past theirs. All deadlines are ``timeout`` after arming, so the dict's insertion
+    order is their order and a sweep stops at the first one still running."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
+        self._loop = loop
+        self.timeout = timeout
+        self._every = min(1.0, max(0.02, timeout / 4))
+        self._waiting: dict[ProxyProtocol, float] = {}
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    def arm(self, protocol: ProxyProtocol) -> float | None:
+        if self.timeout <= 0:
+            return None
+        deadline = self._loop.time() + self.timeout
+        self._waiting.pop(protocol, None)
+        self._waiting[protocol] = deadline  # at the end: the latest deadline
+        if self._sweep_handle is None:
+            self._sweep_handle = self._loop.call_later(self._every, self._sweep)
+        return deadline
+
+    def disarm(self, protocol: ProxyProtocol) -> None:
+        self._waiting.pop(protocol, None)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        now = self._loop.time()
+        overdue = []
+        for protocol, deadline in self._waiting.items():
+            if deadline > now:
+                break
+            overdue.append(protocol)
+        for protocol in overdue:
+            del self._waiting[protocol]
+            protocol.head_too_slow()
+        if self._waiting:
+            self._sweep_handle = self._loop.call_later(self._every, self._sweep)
+
+
 class ProxyProtocol(RequestHandler):
     """The server protocol: a deadline and a size cap for the request head, and one log line (not a
     traceback) for a request the parser refused.
@@ -76,13 +117,13 @@ class ProxyProtocol(RequestHandler):
     at most ``max_head`` each.
     """
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, max_head: int, on_refused: OnRefused,
+    def __init__(self, manager: web.Server, *, deadlines: HeadDeadlines, max_head: int, on_refused: OnRefused,
                  **kwargs: Any):
         super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
+        self._deadlines = deadlines
         self._max_head = max_head
         self._on_refused = on_refused
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # when the head awaited now is due; None: none is awaited
         self._head: bytearray | None = bytearray()  # None: the head is complete, bytes are not watched
         self.flow: FlowListener | None = None       # a relay writing to this client directly
 
@@ -135,20 +176,18 @@ class ProxyProtocol(RequestHandler):
         return str(peer[0]) if isinstance(peer, tuple) else None
 
     def arm_head_deadline(self) -> None:
-        self.head_received()
         self._head = bytearray()
-        if self._header_timeout > 0:
-            self._deadline = self._loop.call_later(self._header_timeout, self._head_too_slow)
+        self._deadline = self._deadlines.arm(self)
 
     def head_received(self) -> None:
         if self._deadline is not None:
-            self._deadline.cancel()
+            self._deadlines.disarm(self)
             self._deadline = None
 
-    def _head_too_slow(self) -> None:
+    def head_too_slow(self) -> None:
         self._deadline = None
         if self.transport is not None:
-            log.debug("closing a connection whose request head took over %ss", self._header_timeout)
+            log.debug("closing a connection whose request head took over %ss", self._deadlines.timeout)
             self.transport.close()
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
@@ -177,7 +216,7 @@ class ProxyServer(web.Server):
         super().__init__(self._serve, handler_cancellation=True, access_log=None, max_line_size=line,
                          max_field_size=line, **kwargs)
         self._proxy = handler
-        self._header_timeout = header_timeout
+        self._deadlines = HeadDeadlines(self._loop, header_timeout)
         self._max_head = max_head
         self._on_refused = on_refused
 
@@ -192,7 +231,7 @@ class ProxyServer(web.Server):
                 protocol.arm_head_deadline()
 
     def __call__(self) -> RequestHandler:
-        return ProxyProtocol(self, loop=self._loop, header_timeout=self._header_timeout, max_head=self._max_head,
+        return ProxyProtocol(self, loop=self._loop, deadlines=self._deadlines, max_head=self._max_head,
                              on_refused=self._on_refused, **self._kwargs)
 
 

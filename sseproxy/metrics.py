@@ -106,15 +106,15 @@ class StreamMeter:
     def _flush(self, at: float | None) -> None:
         m, route = self._metrics, self._route
         if self._events:
-            m.events.labels(route).inc(self._events)
+            m.child(m.events, route).inc(self._events)
             self._flushed_events += self._events
             self._events = 0
         if self._bytes:
-            m.bytes.labels(route).inc(self._bytes)
+            m.child(m.bytes, route).inc(self._bytes)
             self._flushed_bytes += self._bytes
             self._bytes = 0
         if any(self._gaps):
-            _observe_many(m.gaps.labels(route), self._gaps, self._gap_total)
+            _observe_many(m.child(m.gaps, route), self._gaps, self._gap_total)
             self._gaps = [0] * len(self._gaps)
             self._gap_total = 0.0
         self._flushed_at = at
@@ -124,7 +124,7 @@ class StreamMeter:
         self._bytes = max(0, record.bytes - self._flushed_bytes)
         self._flush(None)
         if self._kind is not StreamKind.NONE and record.total is not None:
-            self._metrics.duration.labels(self._route).observe(record.total)
+            self._metrics.child(self._metrics.duration, self._route).observe(record.total)
 
 
 class Metrics:
@@ -134,6 +134,7 @@ class Metrics:
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # bounded by routes x statuses x outcomes
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sseproxy_requests", "Requests by route, method, status and outcome",
@@ -172,6 +173,15 @@ class Metrics:
             for kind in UPSTREAM_ERROR_TYPES:
                 self.upstream_errors.labels(route, kind)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: prometheus-client takes a lock and builds a
+        key on every ``labels`` call, which adds up at several calls per request."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def open(self, info: ExchangeInfo) -> StreamMeter:
         return StreamMeter(self, info.route)
 
@@ -180,25 +190,25 @@ class Metrics:
         if record.admin:
             return
         route = record.route or "-"
-        self.requests.labels(route, record.method, str(record.status), record.outcome.value).inc()
+        self.child(self.requests, route, record.method, str(record.status), record.outcome.value).inc()
         if record.ttfb is not None:
-            self.ttfb.labels(route).observe(record.ttfb)
+            self.child(self.ttfb, route).observe(record.ttfb)
         if record.ttfe is not None:
-            self.ttfe.labels(route).observe(record.ttfe)
+            self.child(self.ttfe, route).observe(record.ttfe)
         if record.heartbeats:
-            self.heartbeats.labels(route).inc(record.heartbeats)
+            self.child(self.heartbeats, route).inc(record.heartbeats)
         if record.outcome is Outcome.CLIENT_CLOSED:
-            self.client_hangups.labels(route).inc()
+            self.child(self.client_hangups, route).inc()
             if record.llm:
-                self.llm_cancelled.labels(route).inc()
+                self.child(self.llm_cancelled, route).inc()
         if record.tokens_in:
-            self.tokens.labels(route, "input").inc(record.tokens_in)
+            self.child(self.tokens, route, "input").inc(record.tokens_in)
         if record.tokens_out:
-            self.tokens.labels(route, "output").inc(record.tokens_out)
+            self.child(self.tokens, route, "output").inc(record.tokens_out)
         for status in record.retried:
-            self.retries.labels(route, str(status)).inc()
+            self.child(self.retries, route, str(status)).inc()
         if record.outcome in UPSTREAM_FAILURES:
-            self.upstream_errors.labels(route, record.error_type or record.outcome.value).inc()
+            self.child(self.upstream_errors, route, record.error_type or record.outcome.value).inc()
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:

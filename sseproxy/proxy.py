@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -246,9 +245,7 @@ class ProxyHandler:
             hook.response(upstream.status, plan.headers, plan.kind)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=plan.headers)
         record.status = upstream.status
-        try:
-            if plan.streams:
-                _no_delay(request)
+        try:  # Nagle is off on every connection already: aiohttp's and the loop's transports set TCP_NODELAY
             await response.prepare(request)
         except ConnectionError:
             upstream.close()  # the client left before the head went out
@@ -266,7 +263,8 @@ class ProxyHandler:
         if not plan.streams:
             record.outcome = (await relay.run()).outcome
             return response
-        active = self.runtime.metrics.active_streams.labels(route.label)
+        metrics = self.runtime.metrics
+        active = metrics.child(metrics.active_streams, route.label)
         self.runtime.streams.add(relay)
         active.inc()
         try:
@@ -285,10 +283,3 @@ def check_transfer_coding(value: str | None) -> None:
     codings = [c.strip().lower() for c in value.split(",") if c.strip()]
     if codings != ["chunked"]:
         raise NotImplementedCoding(f"transfer coding {value!r} is not implemented: only chunked is")
-
-
-def _no_delay(request: web.BaseRequest) -> None:
-    """Nagle off for streams, so each event leaves at once (aiohttp sets it too; this makes it sure)."""
-    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

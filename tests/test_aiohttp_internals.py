@@ -52,7 +52,7 @@ async def test_web_server_has_loop_and_kwargs_and_proxy_server_builds_a_head_dea
     protocol = server()
     assert type(protocol) is ProxyProtocol and isinstance(protocol, RequestHandler)
     assert protocol._loop is server._loop  # RequestHandler keeps the loop the deadline is armed on
-    assert protocol._header_timeout == 2.5
+    assert protocol._deadlines.timeout == 2.5
     assert protocol.max_headers == 77  # the kwargs reached RequestHandler.__init__
     assert protocol.access_logger is None   # access_log=None: sseproxy writes its own
 
