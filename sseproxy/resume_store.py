@@ -201,6 +201,11 @@ class MemoryStore:
     def local(self, sid: str) -> bool:
         return self._get(sid) is not None
 
+    def bounds(self, sid: str) -> tuple[int, int] | None:
+        """The first kept and the last event's numbers."""
+        stream = self._streams.get(stream_key(sid))
+        return (stream.first, stream.last) if stream is not None else None
+
     async def info(self, sid: str) -> Info | None:
         stream = self._get(sid)
         if stream is None:

@@ -82,9 +82,9 @@ async def start(upstream: Upstream, proxy: str, headers: dict[str, str] | None =
     return response, sid
 
 
-async def stored(runtime: Runtime, sid: str, n: int) -> None:
+async def stored(runtime: Runtime, sid: str, n: int, store_url: str = "memory") -> None:
     """Wait (bounded) until event ``n`` is in the store: a gate, not a sleep."""
-    store = runtime.resume_stores.get("memory")
+    store = runtime.resume_stores.get(store_url)
     for _ in range(n + 1):
         info = await store.info(sid)
         assert info is not None
