@@ -228,3 +228,27 @@ async def test_memory_store_bounds_drop_the_streams_that_ended_longest_ago_first
     assert await store.info("a" * 24) is None  # the earliest end went first
     assert await store.info("c" * 24) is not None
     assert store.bytes <= 1000
+
+
+def test_config_resume_key() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from sseproxy.config import Config
+    from sseproxy.runtime import compile_config
+
+    route = {"upstream": "http://127.0.0.1:9"}
+    config = Config.model_validate({"resume_memory": "1MiB", "routes": [
+        {**route, "resume": True}, {**route, "path": "/r/", "resume": {"store": "redis://127.0.0.1:6379/2",
+                                                                        "ttl": "1m", "detach": "5s",
+                                                                        "max_bytes": "1KiB"}},
+        {**route, "path": "/off/", "resume": False}]})
+    on, redis, off = compile_config(config).routes
+    assert on.resume is not None and (on.resume.store, on.resume.ttl, on.resume.detach) == ("memory", 600, 60)
+    assert redis.resume is not None and (redis.resume.store, redis.resume.max_bytes) == ("redis://127.0.0.1:6379/2",
+                                                                                         1024)
+    assert off.resume is None and config.resume_memory == 1024 * 1024
+    for bad in ({"store": "disk"}, {"store": "redis://h:99999/0"}, {"store": "redis://h:1/x"}, {"max_bytes": 0},
+                {"ttl": "soon"}, {"extra": 1}):
+        with pytest.raises(ValidationError):
+            Config.model_validate({"routes": [{**route, "resume": bad}]})
