@@ -252,3 +252,22 @@ def test_config_resume_key() -> None:
                 {"ttl": "soon"}, {"extra": 1}):
         with pytest.raises(ValidationError):
             Config.model_validate({"routes": [{**route, "resume": bad}]})
+
+
+async def test_a_reattach_before_detach_runs_out_keeps_the_upstream() -> None:
+    async with resumable({"detach": "300ms"}) as (upstream, proxy, _):
+        first, sid = await start(upstream, proxy)
+        upstream.gate.release(event(1))
+        await next_event(first)
+        first.close()
+        again = await raw_request(proxy, "GET", "/", {"Last-Event-ID": f"{sid}.1"})
+        assert again.status == 200
+        try:  # three detach periods pass with a client attached: the upstream is never cancelled
+            await asyncio.wait_for(upstream.closed.wait(), 0.9)
+            raise AssertionError("the upstream was cancelled with a client attached")
+        except TimeoutError:
+            pass
+        upstream.gate.release(event(2))
+        assert await next_event(again) == (sid, 2, "token 2")
+        upstream.gate.release(None)
+        assert await again.next_chunk() is None
