@@ -35,6 +35,8 @@ class RequestRecord:
     attempts: int = 1                  # tries upstream; more than 1 after retries before the first byte
     retried: list[int] = field(default_factory=list)  # the status each retried attempt answered
     request_id: str | None = None      # X-Request-Id, as sent upstream and returned to the client
+    stream_id: str | None = None       # a resumable stream's key (resume_store.stream_key): safe to show
+    resumed_from: int | None = None    # a resume's Last-Event-ID position
     admin: bool = False                # an admin endpoint (health, metrics): logged, not counted in metrics
 
     def fields(self) -> dict[str, Any]:

@@ -271,6 +271,11 @@ def route_table(snapshot: Snapshot, templated: frozenset[str] | None = None) -> 
                      f"idle={format_duration(route.timeouts.idle)} heartbeat={format_duration(route.heartbeat)} "
                      f"compression={route.compression} cors={'on' if route.cors is not None else 'off'}"
                      + (f" record={record}" if (record := config.record_dir(written)) else ""))
+        if route.resume is not None:
+            scheme, sep, rest = route.resume.store.partition("://")
+            store = f"{scheme}{sep}{rest.rpartition('@')[2]}"  # no password
+            lines.append(f"    resume: store={store} ttl={format_duration(route.resume.ttl)} "
+                         f"detach={format_duration(route.resume.detach)} max_bytes={route.resume.max_bytes}")
         if written.cors is not None:
             lines.append(f"    cors: {_cors(written.cors)}")
         for label, rules in (("request_headers", written.request_headers),

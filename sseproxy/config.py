@@ -296,6 +296,40 @@ def _off_or_mapping(off: dict[str, object]) -> Any:
     return BeforeValidator(parse)
 
 
+class Resume(Model):
+    """Resumable streams (``resume.py``): where events are kept, and for how long."""
+
+    store: str = "memory"                      # memory | redis://HOST:PORT/DB
+    ttl: Duration = 600.0                      # events stay resumable this long after the stream ends
+    detach: Duration = 60.0                    # the upstream runs on this long with no client attached
+    max_bytes: Annotated[Size, Field(gt=0)] = 8 * 1024 * 1024  # bounds one stream's kept events
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, store: str) -> str:
+        if store == "memory":
+            return store
+        parts = urlsplit(store)
+        if parts.scheme != "redis" or not parts.hostname:
+            raise ValueError(f"{store!r} is not a store: use memory or redis://HOST:PORT/DB")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise ValueError(f"{store!r}: the port is not a number from 0 to 65535") from None
+        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ValueError(f"{store!r}: the database is a number, e.g. redis://127.0.0.1:6379/0")
+        return store
+
+
+def _resume_setting(value: object) -> object:
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+ResumeSetting = Annotated[Resume | None, BeforeValidator(_resume_setting)]
 RetrySetting = Annotated[Retry | None, _off_or_mapping({"attempts": 1})]
 LimitsSetting = Annotated[Limits | None, _off_or_mapping({"concurrent_streams": 0})]
 
@@ -320,6 +354,7 @@ class Route(Model):
     record: RecordSetting = None  # a directory; false: not this route, whatever the top level says
     retry: RetrySetting = None               # None: the top-level default
     limits: LimitsSetting = None             # None: the top-level default
+    resume: ResumeSetting = None             # resumable streams (true: the defaults)
 
     @field_validator("path")
     @classmethod
@@ -385,6 +420,7 @@ class Config(Model):
     limits: LimitsSetting = None             # the default for every route; none: no limit
     underscores_in_headers: bool = False  # false: request headers with '_' in the name are dropped
     websocket: WebSocketLimits = WebSocketLimits()
+    resume_memory: Annotated[Size, Field(gt=0)] = 256 * 1024 * 1024  # bounds the memory resume store
     routes: list[Route] = []
 
     @field_validator("trusted_proxies")

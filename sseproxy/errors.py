@@ -148,3 +148,26 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[Problem]):
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+
+
+class StreamGone(ProxyError, LookupError):
+    """A resume (``Last-Event-ID``) of a stream that is unknown, expired, past a dropped position,
+    or started with another inbound token: all answered alike, so none can be told apart."""
+
+    status = 410
+    type = "stream_gone"
+
+
+class ResumeUnavailable(ProxyError, ConnectionError):
+    """A resume while the route's store (Redis) cannot be reached."""
+
+    status = 503
+    type = "resume_unavailable"
+
+
+class Detached(ProxyError):
+    """A resumable stream that had no client for longer than ``resume.detach``: the upstream is cancelled."""
+
+    status = 499
+    type = "detached"
+    outcome = Outcome.CLIENT_CLOSED

@@ -161,6 +161,17 @@ class Metrics:
                                ["route", "status"], registry=r)
         self.tokens = Counter("sseproxy_llm_tokens", "LLM tokens read from streams' usage", ["route", "kind"],
                               registry=r)
+        self.resumes = Counter("sseproxy_resumes", "Resume requests (Last-Event-ID) by result", ["route", "result"],
+                               registry=r)
+        self.resume_replayed = Counter("sseproxy_resume_replayed_events", "Stored events replayed to resuming clients",
+                                       ["route"], registry=r)
+        self.resume_store_bytes = Gauge("sseproxy_resume_store_bytes", "Bytes of events held by the memory store",
+                                        registry=r, multiprocess_mode="livesum")
+        self.detached_streams = Gauge("sseproxy_detached_streams", "Resumable streams running with no client",
+                                      registry=r, multiprocess_mode="livesum")
+        self.resume_store_errors = Counter("sseproxy_resume_store_errors",
+                                           "Streams relayed without ids because the resume store was down",
+                                           registry=r)
         self.llm_cancelled = Counter("sseproxy_llm_streams_cancelled", "LLM streams the client left before the end",
                                      ["route"], registry=r)
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import admin, auth, cors, h1, websocket
+from . import admin, auth, cors, h1, resume, websocket
 from .accesslog import AccessLog, RequestRecord
 from .aiohttp_internals import ParserRefusal, ProxyProtocol, send_100_continue
 from .auth import presented_token
@@ -168,6 +168,9 @@ class ProxyHandler:
             record.outcome, record.error = relay.stats.outcome, relay.stats.error
 
     async def _proxy(self, exchange: Exchange) -> web.StreamResponse:
+        if exchange.matched.resume is not None and \
+                (resumed := await resume.resume_request(exchange, self.runtime)) is not None:
+            return resumed  # Last-Event-ID of a resumable stream: served from the store, never upstream
         lease = self._lease(exchange)
         try:
             upstream = await self._send(exchange)
@@ -243,6 +246,9 @@ class ProxyHandler:
             raise UpstreamUnavailable(f"the upstream's response head is unusable: {error}") from None
         for hook in exchange.hooks:
             hook.response(upstream.status, plan.headers, plan.kind)
+        if route.resume is not None and plan.sse and (resumed := await resume.serve(exchange, self.runtime, upstream,
+                                                                                    plan)) is not None:
+            return resumed  # produced into the store, followed by this client (resume.py)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=plan.headers)
         record.status = upstream.status
         try:  # Nagle is off on every connection already: aiohttp's and the loop's transports set TCP_NODELAY

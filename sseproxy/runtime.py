@@ -25,6 +25,7 @@ from .limits import ConcurrencyLimits, StreamCounts
 from .metrics import Metrics
 from .recorder import Recorder
 from .registry import Registry
+from .resume_store import ResumeSettings, Stores
 from .retry import NO_RETRY, RetryPolicy
 from .routing import RoundRobin, join_path
 from .upstream import Origin, Pools, Timeouts, origin_of
@@ -58,6 +59,7 @@ class RouteRuntime:
     retry: RetryPolicy = NO_RETRY
     limits: ConcurrencyLimits | None = None
     plain_http: bool = False       # every upstream is http://: the lean client (h1) serves it
+    resume: ResumeSettings | None = None  # resumable streams (resume.py)
 
     def rewrite_location(self, value: str) -> str:
         bases = [(f"{u.scheme}://{u.raw_authority}", u.raw_path if u.raw_path != "/" else "")
@@ -156,6 +158,8 @@ def _compile_route(route: Route, config: Config, hooks: tuple[HookFactory, ...],
         retry=RetryPolicy.from_config(config.retry_for(route)),
         limits=ConcurrencyLimits.from_config(config.limits_for(route), scope=route.label, counts=counts),
         plain_http=all(urlsplit(u).scheme == "http" for u in route.upstream),
+        resume=ResumeSettings(route.resume.store, route.resume.ttl, route.resume.detach, route.resume.max_bytes)
+        if route.resume is not None else None,
     )
 
 
@@ -221,8 +225,10 @@ class Runtime:
     draining: bool = False
     retiring: list[Snapshot] = field(default_factory=list)  # replaced, with requests still in flight
     inspector: Inspector = field(default_factory=Inspector)  # always hooked: the inspector page's streams
+    resume_stores: Stores = field(init=False)  # resumable streams' stores: kept across reloads
 
     def __post_init__(self) -> None:
+        self.resume_stores = Stores(self.snapshot.config.resume_memory)
         self.inspector.redactor.add(self.snapshot.secrets)
         self.hooks = (*self.hooks, self.inspector)
         self.metrics.add_routes(r.label for r in self.snapshot.routes)  # every route's series, at 0
@@ -260,5 +266,6 @@ class Runtime:
         """At exit: the pools, and the current snapshot's recordings written to the end."""
         for recorder in self.snapshot.recorders:
             await recorder.close()
+        await self.resume_stores.close()
         await self.h1.close()
         await self.pools.close()
