@@ -152,7 +152,7 @@ class ProxyHandler:
         if route.cors is not None and origin is not None and not cors.origin_allowed(route.cors, origin):
             raise Forbidden(f"WebSocket from origin {origin} is not allowed", route=route.label)
         websocket.check_handshake(request.method, request.headers)
-        limits = exchange.snapshot.config.websocket
+        limits = exchange.snapshot.websocket
         upstream = await websocket.connect(
             self.runtime.pools, route, OutboundRequest("GET", target.path, target.query, exchange.outbound_headers(),
                                                        None),

@@ -71,6 +71,14 @@ class RouteRuntime:
 
 
 @dataclass(frozen=True)
+class WebSocketLimits:
+    """The top-level ``websocket`` section, compiled: one message's bound and all messages' bound."""
+
+    max_message: int
+    max_total: int
+
+
+@dataclass(frozen=True)
 class AuthPolicy:
     header: str
     tokens: tuple[bytes, ...]      # compared in constant time
@@ -95,6 +103,7 @@ class Snapshot:
     admin_prefix: str
     max_body: int
     access_log: str                    # text | json | off
+    websocket: WebSocketLimits         # bounds on relayed WebSocket messages
     secrets: tuple[str, ...]           # every injected value and token: never to be shown
     recorders: tuple[Recorder, ...] = ()   # one per recording directory, closed when the snapshot retires
     in_flight: InFlight = field(default_factory=InFlight, compare=False)
@@ -205,6 +214,7 @@ def compile_config(config: Config, counts: StreamCounts | None = None) -> Snapsh
         admin_prefix=config.admin_prefix,
         max_body=config.max_body,
         access_log=config.access_log,
+        websocket=WebSocketLimits(config.websocket.max_message, config.websocket.max_total),
         secrets=secrets,
         recorders=tuple(recorders.values()),
     )

@@ -53,7 +53,7 @@ class Side(enum.Enum):
 
 
 class Limits(Protocol):
-    """``config.WebSocketLimits``, or anything with its two sizes."""
+    """``runtime.WebSocketLimits``, or anything with its two sizes."""
 
     @property
     def max_message(self) -> int: ...
