@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -37,7 +38,10 @@ import uvloop
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-TARGETS = ["direct", "nginx", "sseproxy", "workers"]
+TARGETS = ["direct", "nginx", "sseproxy", "workers", "record", "resume"]
+# Features measured side by side with plain sseproxy (run only when named in --targets): the same
+# one-process proxy with its route recording every exchange, or resumable (memory store).
+FEATURE_ROUTES = {"record": {"record": "{work}/recordings"}, "resume": {"resume": True}}
 NGINX_CONF = """daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -93,7 +97,8 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a fifth of the counts and sizes, a smoke run")
     parser.add_argument("--only", default=",".join(scenarios.NAMES), help="scenarios to run, comma-separated")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="targets to run, comma-separated")
+    parser.add_argument("--targets", default="direct,nginx,sseproxy,workers",
+                        help=f"targets to run, comma-separated, of {','.join(TARGETS)}")
     parser.add_argument("--profile", metavar="SCENARIO", help="py-spy the one-process sseproxy in this scenario")
     parser.add_argument("--profile-dir", default=str(HERE / "profiles"), help="where --profile writes")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -131,8 +136,15 @@ def services(args: argparse.Namespace, work: Path, pin: procs.Pinning, nginx: st
         "sseproxy": [*sse, f"127.0.0.1:{ports['sseproxy']}"],
         "workers": [*sse, f"127.0.0.1:{ports['workers']}", "--workers", "2"],
     }
+    for key, extra in FEATURE_ROUTES.items():
+        route = {"path": "/", "upstream": origin_url,
+                 **{k: v.format(work=work) if isinstance(v, str) else v for k, v in extra.items()}}
+        config = work / f"{key}.yaml"  # JSON is YAML
+        config.write_text(json.dumps({"listen": f"127.0.0.1:{ports[key]}", "routes": [route]}))
+        commands[key] = [py, "-m", "sseproxy", "serve", "--config", str(config), "--log-level", "warning"]
     (work / "nginx.conf").write_text(NGINX_CONF.format(prefix=work, origin=ports["origin"], port=ports["nginx"]))
-    shown = {"direct": "direct", "nginx": "nginx", "sseproxy": "sseproxy", "workers": "sseproxy --workers 2"}
+    shown = {"direct": "direct", "nginx": "nginx", "sseproxy": "sseproxy", "workers": "sseproxy --workers 2",
+             "record": "sseproxy, route recording", "resume": "sseproxy, route resumable"}
     targets = []
     for key in args.targets:
         url = origin_url if key == "direct" else f"http://127.0.0.1:{ports[key]}"
