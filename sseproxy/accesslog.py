@@ -10,7 +10,7 @@ from typing import Any
 from .errors import Outcome
 
 
-@dataclass
+@dataclass(slots=True)  # one per request in flight: no instance dict
 class RequestRecord:
     """What one request did; filled in along its path through the proxy."""
 

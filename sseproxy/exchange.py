@@ -27,7 +27,7 @@ from .runtime import RouteRuntime, Runtime, Snapshot
 log = logging.getLogger("sseproxy")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per request in flight: no instance dict
 class Exchange:
     id: int
     request: web.BaseRequest

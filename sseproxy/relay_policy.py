@@ -23,7 +23,7 @@ class Tick(enum.Enum):
     IDLE = "idle"               # the upstream has been silent for `idle`: fail the stream
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayPolicy:
     heartbeat: float        # seconds of silence toward the client before a heartbeat; 0: never
     idle: float             # seconds of upstream silence before the stream fails; 0: never
