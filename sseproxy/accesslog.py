@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import Outcome
@@ -41,13 +41,16 @@ class RequestRecord:
 
     def fields(self) -> dict[str, Any]:
         """The record as JSON-ready fields (the access log's JSON form)."""
-        out = asdict(self)
-        del out["started"], out["admin"]
+        out = {name: getattr(self, name) for name in _LOGGED}  # not asdict: it deep-copies, once per request
+        out["retried"] = list(self.retried)
         out["outcome"] = self.outcome.value
         for key in ("ttfb", "ttfe", "total"):
             if out[key] is not None:
                 out[key] = round(out[key], 6)
         return out
+
+
+_LOGGED = tuple(f.name for f in fields(RequestRecord) if f.name not in ("started", "admin"))
 
 
 def _ms(seconds: float | None) -> str:
