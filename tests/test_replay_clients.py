@@ -19,7 +19,7 @@ import openai
 import pytest
 from browser import browser_page, require_browser_tools
 from helpers import free_port, raw_request
-from procs import read_lines_until, sseproxy_process
+from procs import read_lines_until, run_cli, sseproxy_process
 
 from sseproxy.demo import RECORDINGS
 from sseproxy.recording import RecordedRequest, RecordedResponse, Recording, dumps, load_dir, load_file
@@ -204,3 +204,8 @@ async def test_demo_recordings_serves_the_shipped_streams_through_the_proxy() ->
         assert response.headers["x-accel-buffering"] == "no"  # the proxy's, on the way through
         assert await response.body(timeout=10) == b"".join(f.data for f in chat.response.frames or ())
         assert len(response.chunks) > 20  # relayed as it was replayed, event by event
+
+
+async def test_demo_plays_either_the_mock_or_the_recordings_not_both() -> None:
+    code, _, err = await run_cli("demo", "--recordings", "--mock-only")
+    assert code == 2 and "not allowed with" in err
