@@ -62,10 +62,14 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--allow-missing-env", action="store_true",
                        help="validate without the secrets (e.g. in CI): unset variables and unreadable secret "
                             "files get placeholders, and are listed")
-    demo = sub.add_parser("demo", help="a mock LLM upstream with the proxy in front")
+    demo = sub.add_parser("demo", help="a mock LLM upstream (or the shipped recordings) with the proxy in front")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
-    demo.add_argument("--mock-only", action="store_true",
-                      help="serve only the mock LLM upstream on --listen (e.g. as a compose service)")
+    demo_upstream = demo.add_mutually_exclusive_group()
+    demo_upstream.add_argument("--mock-only", action="store_true",
+                               help="serve only the mock LLM upstream on --listen (e.g. as a compose service)")
+    demo_upstream.add_argument("--recordings", action="store_true",
+                               help="put the proxy in front of the shipped recordings (OpenAI, Anthropic, a stream "
+                                    "cut mid-answer), replayed with their recorded timing")
     replay = sub.add_parser("replay", help="serve recorded exchanges back as an upstream, with their timing")
     replay.add_argument("directory", metavar="DIR", help="a directory of recordings (serve --record DIR)")
     replay.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080",
@@ -312,20 +316,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         await demo.serve_mock_until_stopped(host, port, _announce)
 
     async def main() -> None:
-        mock, port = await demo.start_mock()
+        if args.recordings:
+            replay, port = await demo.start_replay()
+            stop_upstream, upstream = replay.stop, f"replay of {demo.RECORDINGS} on http://127.0.0.1:{port}"
+
+            def instructions(proxy_url: str) -> str:
+                return demo.recording_instructions(proxy_url, replay.index.recordings)
+        else:
+            mock, port = await demo.start_mock()
+            stop_upstream, upstream = mock.cleanup, f"mock LLM upstream on http://127.0.0.1:{port}"
+            instructions = demo.instructions
         try:
             overrides = Overrides(listen=args.listen, routes=(("/", f"http://127.0.0.1:{port}"),))
             config = load(None, overrides)
             service = Service(ServeOptions(None, overrides), config, redactor)
 
             def announce(line: str) -> None:
-                _announce(f"mock LLM upstream on http://127.0.0.1:{port}")
+                _announce(upstream)
                 _announce(line)
-                _announce(demo.instructions(line.split(" ")[3]))
+                _announce(instructions(line.split(" ")[3]))
 
             await service.run(announce)
         finally:
-            await mock.cleanup()
+            await stop_upstream()
 
     try:
         load(None, Overrides(listen=args.listen))

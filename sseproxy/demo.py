@@ -1,15 +1,26 @@
 """``sseproxy demo``: a built-in mock LLM upstream that streams an OpenAI-style chat completion
-token by token, with the proxy in front, so a new user sees streaming work in one command."""
+token by token, with the proxy in front, so a new user sees streaming work in one command.
+
+``sseproxy demo --recordings`` puts the proxy in front of the shipped recordings instead
+(``recordings/``: an OpenAI chat completion with its usage chunk, an Anthropic messages stream, and an
+OpenAI stream cut mid-answer), replayed in process with their recorded timing."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from aiohttp import web
+
+from .recording import Recording
+from .replay import ReplayOptions, ReplayServer
+
+RECORDINGS = Path(__file__).parent / "recordings"  # shipped in the wheel (pyproject's package-data)
 
 ANSWER = ("Streaming works: each token left the mock model, passed through sseproxy, and reached you "
           "the moment it was sent, with nothing buffered, compressed or batched on the way.")
@@ -103,3 +114,42 @@ def instructions(proxy_url: str) -> str:
     payload = '{"model": "demo", "stream": true, "messages": [{"role": "user", "content": "Hello"}]}'
     return (f"Try it:\n  curl -N {proxy_url}/v1/chat/completions -H 'Content-Type: application/json' "
             f"-d '{payload}'\n  or open {proxy_url}/ in a browser. Ctrl-C stops.")
+
+
+async def start_replay(directory: Path = RECORDINGS) -> tuple[ReplayServer, int]:
+    """The recordings in ``directory`` served back at their recorded pace, on a free loopback port."""
+    server = ReplayServer(ReplayOptions(directory, access_log=False))
+    _, port = await server.start("127.0.0.1", 0)
+    return server, port
+
+
+def curl_command(proxy_url: str, recording: Recording) -> str:
+    """A shell command that sends ``recording``'s request to the proxy (quoted for a POSIX shell)."""
+    request = recording.request
+    url = proxy_url + request.path + (f"?{request.query}" if request.query else "")
+    parts = ["curl", "-N", url]
+    if request.method != ("POST" if request.body else "GET"):
+        parts += ["-X", request.method]
+    content_type = next((value for name, value in request.headers if name.lower() == "content-type"), None)
+    if content_type is not None:
+        parts += ["-H", f"Content-Type: {content_type}"]
+    if request.body:
+        parts += ["-d", request.body.decode("utf-8", "replace")]
+    return shlex.join(parts)
+
+
+def describe(recording: Recording) -> str:
+    resp = recording.response
+    if resp.frames is None:
+        return f"status {resp.status}, a body of {len(resp.body or b'')} bytes"
+    last = resp.frames[-1].t if resp.frames else resp.ttfb_ms
+    ending = ", then the connection is cut" if resp.end == "error" else ""
+    return f"status {resp.status}, {len(resp.frames)} events over {last / 1000:.1f} s{ending}"
+
+
+def recording_instructions(proxy_url: str, recordings: Sequence[tuple[str, Recording]]) -> str:
+    lines = [f"Replaying {len(recordings)} recorded exchanges with their recorded timing. Try them:"]
+    for name, recording in recordings:
+        lines += [f"  # {name}: {describe(recording)}", f"  {curl_command(proxy_url, recording)}"]
+    lines.append("Ctrl-C stops.")
+    return "\n".join(lines)

@@ -104,6 +104,11 @@ class Index:
     def requests(self) -> int:
         return len(self._by_key)
 
+    @property
+    def recordings(self) -> list[tuple[str, Recording]]:
+        """Every recording held, by name, in the order they were added."""
+        return [(name, recording) for name, _, recording in self._all]
+
     def key(self, method: str, path: str, query: str, body: bytes) -> Key:
         parsed = parse_json(body)
         canonical: str | bytes = body
