@@ -19,6 +19,7 @@ from .errors import ProxyError
 from .framing import accepts_stream
 from .headers import Hop, outbound_request_headers, upstream_accept_encoding
 from .hooks import ExchangeInfo, Hook, open_hooks
+from .limits import Lease
 from .requestid import HEADER as REQUEST_ID
 from .requestid import request_id
 from .routing import Target
@@ -37,6 +38,7 @@ class Exchange:
     route: RouteRuntime | None = None
     hooks: tuple[Hook, ...] = ()
     body_sent: bool = True             # False while a request body is still being sent upstream
+    lease: Lease | None = None         # the route's concurrent-stream slot, held until the stream ends
     request_id: str = ""               # the client's X-Request-Id or a new one (requestid.py)
 
     def __post_init__(self) -> None:

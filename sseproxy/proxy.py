@@ -171,13 +171,13 @@ class ProxyHandler:
         if exchange.matched.resume is not None and \
                 (resumed := await resume.resume_request(exchange, self.runtime)) is not None:
             return resumed  # Last-Event-ID of a resumable stream: served from the store, never upstream
-        lease = self._lease(exchange)
+        exchange.lease = self._lease(exchange)
         try:
             upstream = await self._send(exchange)
             return await self._respond(exchange, upstream)
         finally:
-            if lease is not None:
-                lease.release()
+            if exchange.lease is not None:  # unless a resumable stream took it on, to hold while detached
+                exchange.lease.release()
 
     def _lease(self, exchange: Exchange) -> Lease | None:
         """One of the route's concurrent-stream slots (``limits``), or 429 when they are all taken."""

@@ -129,6 +129,7 @@ class Producer:
         self._poke = asyncio.Event()
         self.done = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._lease, exchange.lease = exchange.lease, None  # the limit's slot: held until the stream ends, detached too
 
     def start(self) -> None:
         self._runtime.resume_stores.producers[self.key] = self
@@ -251,6 +252,8 @@ class Producer:
 
     def _close(self, end: End) -> None:
         self.done = True
+        if self._lease is not None:
+            self._lease.release()
         if self.followers == 0 and self._detach_at is not None:
             self._runtime.metrics.detached_streams.dec()
         self._detach_at = None

@@ -271,3 +271,23 @@ async def test_a_reattach_before_detach_runs_out_keeps_the_upstream() -> None:
         assert await next_event(again) == (sid, 2, "token 2")
         upstream.gate.release(None)
         assert await again.next_chunk() is None
+
+
+async def test_a_limit_slot_is_held_while_the_stream_runs_detached_and_freed_at_its_end() -> None:
+    """The concurrent-stream limit counts streams, not clients: a detached stream still generates
+    tokens, so its slot stays taken until the stream ends (here: detach running out)."""
+    async with resumable({"detach": "300ms"}, limits={"concurrent_streams": 1}) as (upstream, proxy, _):
+        first, _sid = await start(upstream, proxy)
+        upstream.gate.release(event(1))
+        await next_event(first)
+        first.close()  # detached: the upstream runs on, the slot stays taken
+        refused = await raw_request(proxy, "GET", "/", {})
+        assert refused.status == 429
+        await asyncio.wait_for(upstream.closed.wait(), WAIT)  # detach ran out: the stream ended
+        for _ in range(100):  # bounded: until the stream's end has freed the slot
+            again = await raw_request(proxy, "GET", "/", {})
+            if again.status != 429:
+                break
+            await asyncio.sleep(0.02)
+        assert again.status == 200
+        again.close()
