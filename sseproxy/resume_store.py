@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hashlib
 import hmac
 import secrets
@@ -60,6 +61,7 @@ def new_stream_id() -> str:
     return secrets.token_urlsafe(18)  # 144 random bits, [A-Za-z0-9_-]
 
 
+@functools.lru_cache(maxsize=4096)  # looked up on every append and read: hashed once per stream
 def stream_key(sid: str) -> str:
     """What stores and logs name a stream by: safe to show, useless to resume with."""
     return hashlib.sha256(sid.encode()).hexdigest()[:32]
@@ -183,7 +185,8 @@ class MemoryStore:
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for key in list(self._ended):
+        while self._ended:  # the earliest end first: stops at the first still kept, O(expired) a call
+            key = next(iter(self._ended))
             stream = self._streams[key]
             if now < stream.ended_at + stream.ttl:
                 break  # in order of ending; ttls differ per route, so this is lazy, never wrong: see _get
@@ -219,7 +222,8 @@ class MemoryStore:
         if after == stream.last and stream.end is None:
             changed = stream.changed
             try:
-                await asyncio.wait_for(changed.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: it makes a task, once per event here
+                    await changed.wait()
             except TimeoutError:
                 return Batch()
             return await self.read(sid, after, 0)
