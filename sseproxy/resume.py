@@ -130,6 +130,7 @@ class Producer:
         self._poke = asyncio.Event()
         self.done = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.live: set[Follower] = set()  # followers caught up: each event is pushed to them as it is stored
         self._lease, exchange.lease = exchange.lease, None  # the limit's slot: held until the stream ends, detached too
 
     def start(self) -> None:
@@ -214,6 +215,8 @@ class Producer:
             if self._comments:
                 event, self._comments = bytes(self._comments) + event, bytearray()
             self._store.append(self.sid, self.n, event)
+            for follower in tuple(self.live):
+                follower.push(self.n, event)
             if self.n % 64 == 0:  # the gauge sums every store: not once per event
                 self._runtime.metrics.resume_store_bytes.set(self._runtime.resume_stores.bytes)
 
@@ -254,6 +257,8 @@ class Producer:
 
     def _close(self, end: End) -> None:
         self.done = True
+        for follower in tuple(self.live):
+            follower.wake()  # the end (and an error event) is read from the store
         if self._lease is not None:
             self._lease.release()
         if self.followers == 0 and self._detach_at is not None:
@@ -376,18 +381,81 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
     return response
 
 
+class Follower:
+    """One client's position in a stream. Behind, it reads batches from the store; caught up with a
+    producer in this process, it is pushed each event from the producer's callback and writes it
+    straight to its transport, with no task woken per event. It drops back to reading whenever it
+    cannot write at once (the client is slow) or the stream ends."""
+
+    def __init__(self, exchange: Exchange, runtime: Runtime, response: web.StreamResponse, after: int,
+                 replay_until: int | None):
+        self.exchange = exchange
+        self.after = after
+        self.replay_until = replay_until
+        self.replayed = 0
+        self.loop = asyncio.get_running_loop()
+        self.last_write = self.loop.time()
+        self.write = _writer(exchange, response)
+        self._direct = _direct_writer(exchange, response)
+        self._woken: asyncio.Future[None] | None = None
+
+    def sent(self, n: int, data: bytes) -> None:
+        record = self.exchange.record
+        self.last_write = self.loop.time()
+        self.after = n
+        record.bytes += len(data)
+        record.events += 1
+        if record.ttfe is None:
+            record.ttfe = self.last_write - record.started
+        if self.replay_until is not None and n <= self.replay_until:
+            self.replayed += 1
+        for hook in self.exchange.hooks:
+            hook.data(data, self.last_write)
+
+    def push(self, n: int, data: bytes) -> None:
+        if n == self.after + 1 and self._direct(data):
+            self.sent(n, data)
+        else:
+            self.wake()  # behind or slow: read from the store
+
+    def wake(self) -> None:
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result(None)
+
+    async def live(self, producer: Producer, store: Store, sid: str, wait: float) -> None:
+        """Follow ``producer``'s pushes until woken, or for ``wait`` seconds."""
+        self._woken = self.loop.create_future()
+        producer.live.add(self)
+        try:
+            info = await store.info(sid)
+            if info is not None and info.last > self.after:
+                return  # stored while it registered: read it first
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._woken
+        finally:
+            producer.live.discard(self)
+            self._woken = None
+
+
 async def _pump(exchange: Exchange, runtime: Runtime, response: web.StreamResponse, store: Store, sid: str,
                 after: int, replay_until: int | None) -> Outcome:
     route, record = exchange.matched, exchange.record
     heartbeat = route.heartbeat
     loop = asyncio.get_running_loop()
-    last_write = loop.time()
-    replayed = 0
-    write = _writer(exchange, response)
+    follower = Follower(exchange, runtime, response, after, replay_until)
+    key = stream_key(sid)
     while True:
-        wait = max(0.0, last_write + heartbeat - loop.time()) if heartbeat > 0 else QUIET_WAIT
+        wait = max(0.0, follower.last_write + heartbeat - loop.time()) if heartbeat > 0 else QUIET_WAIT
         try:
-            batch = await store.read(sid, after, wait)
+            batch = await store.read(sid, follower.after, 0)
+            producer = runtime.resume_stores.producers.get(key)
+            if not batch.events and batch.end is None and not batch.gone and isinstance(producer, Producer) \
+                    and not producer.done:
+                await follower.live(producer, store, sid, wait)
+                continue
+            if not batch.events and batch.end is None and not batch.gone:
+                batch = await store.read(sid, follower.after, wait)
         except StoreUnavailable:
             _truncate(exchange)
             record.error_type = "resume_unavailable"
@@ -396,28 +464,19 @@ async def _pump(exchange: Exchange, runtime: Runtime, response: web.StreamRespon
             _truncate(exchange)
             return Outcome.UPSTREAM_ERROR
         for n, data in batch.events:
-            await write(data)
-            last_write = loop.time()
-            after = n
-            record.bytes += len(data)
-            record.events += 1
-            if record.ttfe is None:
-                record.ttfe = last_write - record.started
-            if replay_until is not None and n <= replay_until:
-                replayed += 1
-            for hook in exchange.hooks:
-                hook.data(data, last_write)
+            await follower.write(data)
+            follower.sent(n, data)
         if batch.end is not None:
-            if replayed:
-                runtime.metrics.resume_replayed.labels(route.label).inc(replayed)
+            if follower.replayed:
+                runtime.metrics.resume_replayed.labels(route.label).inc(follower.replayed)
             if batch.end is End.OK:
                 await response.write_eof()
                 return Outcome.OK
             _truncate(exchange)
             return Outcome.UPSTREAM_ERROR
-        if not batch.events and heartbeat > 0 and loop.time() >= last_write + heartbeat:
+        if not batch.events and heartbeat > 0 and loop.time() >= follower.last_write + heartbeat:
             await response.write(HEARTBEAT)
-            last_write = loop.time()
+            follower.last_write = loop.time()
             record.heartbeats += 1
 
 
@@ -425,19 +484,30 @@ def _writer(exchange: Exchange, response: web.StreamResponse) -> Callable[[bytes
     """Writes an event to the follower: straight to its transport, as a chunk, while the client keeps
     up (no ``StreamResponse.write`` per event); through ``StreamResponse.write``, which waits for the
     client to drain, when it does not."""
+    direct = _direct_writer(exchange, response)
+
+    async def write(data: bytes) -> None:
+        if not direct(data):
+            await response.write(data)
+
+    return write
+
+
+def _direct_writer(exchange: Exchange, response: web.StreamResponse) -> Callable[[bytes], bool]:
+    """Writes to the client's transport as a chunk and says so, or says it cannot (paused, closing)."""
     request = exchange.request
     protocol = request.protocol
     chunked = "chunked" in response.headers.get("Transfer-Encoding", "")  # as prepare() chose
 
-    async def write(data: bytes) -> None:
+    def direct(data: bytes) -> bool:
         transport = request.transport
-        if isinstance(protocol, ProxyProtocol) and not protocol.writing_paused and transport is not None \
-                and not transport.is_closing():
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-            return
-        await response.write(data)
+        if not isinstance(protocol, ProxyProtocol) or protocol.writing_paused or transport is None \
+                or transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+        return True
 
-    return write
+    return direct
 
 
 def _truncate(exchange: Exchange) -> None:
