@@ -39,7 +39,7 @@ from .errors import (
     UpstreamIdle,
 )
 from .exchange import Exchange
-from .framing import MAX_FRAME, SseFramer
+from .framing import LINE_END, MAX_FRAME, SSE_BOUNDARY, SseFramer
 from .plan import StreamPlan
 from .relay_policy import HEARTBEAT, error_frame
 from .requestid import HEADER as REQUEST_ID
@@ -61,8 +61,6 @@ from .upstream import mid_stream_error
 log = logging.getLogger("sseproxy")
 HEADER = "Sseproxy-Stream-Id"
 _SID = re.compile(r"[A-Za-z0-9_-]{22,64}")
-_LINE = re.compile(rb"\r\n|\r|\n")
-_BOUNDARY = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
 MAX_COMMENTS = 64 * 1024  # bounds upstream comments held until the next event carries them
 QUIET_WAIT = 30.0         # longest a follower waits on the store at once when heartbeats are off
 
@@ -81,7 +79,7 @@ def split_frames(out: bytes) -> list[bytes]:
     """Whole events as the framer returned them together, one each (extra blank lines stay with
     the event before them)."""
     frames, start = [], 0
-    for m in _BOUNDARY.finditer(out):
+    for m in SSE_BOUNDARY.finditer(out):
         frames.append(out[start:m.end()])
         start = m.end()
     if start < len(out):
@@ -95,9 +93,9 @@ def split_frames(out: bytes) -> list[bytes]:
 def with_id(frame: bytes, event_id: str) -> bytes | None:
     """The event with ``id: event_id`` as its last line (an ``id`` of the upstream's replaced), in
     the frame's own line ending; ``None`` for a frame of comments only."""
-    found = _LINE.search(frame)
+    found = LINE_END.search(frame)
     eol = found.group() if found else b"\n"
-    lines = [line for line in _LINE.split(frame) if line]
+    lines = [line for line in LINE_END.split(frame) if line]
     if all(line.startswith(b":") for line in lines):
         return None
     kept = [line for line in lines if line != b"id" and not line.startswith(b"id:")]

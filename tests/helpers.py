@@ -170,6 +170,17 @@ async def raw_request(base: str, method: str, target: str, headers: dict[str, st
     return RawResponse(status, parsed, reader, writer)
 
 
+async def write_released(request: web.BaseRequest, response: web.StreamResponse, gate: Gate) -> None:
+    """Write what the test releases through ``gate``, one write each, until it releases None (then
+    end the body) or b"ABORT" (then reset the connection mid-stream)."""
+    while (data := await gate.next()) is not None:
+        if data == b"ABORT" and request.transport is not None:
+            request.transport.abort()
+            return
+        await response.write(data)
+    await response.write_eof()
+
+
 class Gate:
     """Holds an upstream's next event until the test releases it."""
 

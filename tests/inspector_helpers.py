@@ -8,7 +8,7 @@ from collections import deque
 from typing import Any
 
 from aiohttp import web
-from helpers import WAIT, Gate, RawResponse, raw_request
+from helpers import WAIT, Gate, RawResponse, raw_request, write_released
 
 
 def gated_paths_app(gates: dict[str, Gate]) -> web.Application:
@@ -18,12 +18,7 @@ def gated_paths_app(gates: dict[str, Gate]) -> web.Application:
         gate = gates[request.path]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        while (data := await gate.next()) is not None:
-            if data == b"ABORT" and request.transport is not None:
-                request.transport.abort()
-                return response
-            await response.write(data)
-        await response.write_eof()
+        await write_released(request, response, gate)
         return response
 
     app = web.Application()

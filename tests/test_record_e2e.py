@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import WAIT, Gate, Truncated, raw_request, running_app, running_proxy
+from helpers import WAIT, Gate, Truncated, raw_request, running_app, running_proxy, write_released
 from procs import sseproxy_process
 
 from sseproxy.recording import Recording, load_dir
@@ -34,12 +34,7 @@ def sse_app(gate: Gate) -> web.Application:
                                                "X-Seen-Key": request.headers.get("Authorization", ""),
                                                "Set-Cookie": SET_COOKIE})
         await response.prepare(request)
-        while (data := await gate.next()) is not None:
-            if data == b"ABORT" and request.transport is not None:
-                request.transport.abort()
-                return response
-            await response.write(data)
-        await response.write_eof()
+        await write_released(request, response, gate)
         return response
 
     app = web.Application()
