@@ -73,8 +73,9 @@ def _or_dash(value: int | None) -> str:
 
 
 class AccessLog:
-    """Writes records to the ``sseproxy.access`` logger; ``fields`` carry the JSON form, which the
-    log formatter uses when ``access_log: json``. ``enabled`` follows ``access_log`` across reloads."""
+    """Writes records to the ``sseproxy.access`` logger; the record rides along as ``access``, and the
+    log formatter makes its JSON form (``fields()``) when ``access_log: json``. ``enabled`` follows
+    ``access_log`` across reloads."""
 
     def __init__(self, enabled: bool = True, logger: logging.Logger | None = None):
         self.enabled = enabled
@@ -90,5 +91,5 @@ class AccessLog:
             record.heartbeats, record.outcome.value, _tokens(record),
             f" request_id={record.request_id}" if record.request_id else "",
             f" error={json.dumps(record.error)}" if record.error else "",
-            extra={"fields": record.fields()},
+            extra={"access": record},  # the JSON form calls record.fields(), only when it is used
         )

@@ -250,7 +250,7 @@ async def test_a_reset_ending_a_close_delimited_body_is_an_upstream_error(
                 assert b"event: error" in rest and b"upstream_error" in rest
             assert half not in rest  # half an event or line is never passed on as if it were whole
             assert (await raw_request(proxy, "GET", "/_sseproxy/health", {})).status == 200
-    lines = [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+    lines = [r.access.fields() for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
     assert lines[0]["outcome"] == "upstream_error"
 
 
@@ -340,7 +340,7 @@ async def test_a_request_head_over_max_header_size_gets_431_and_others_are_serve
             ok = await raw_request(proxy, "GET", "/", {"X-Small": "v" * 1000})  # under the cap: served
             assert ok.status == 200
         text = runtime.metrics.render().decode()
-    lines = [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+    lines = [r.access.fields() for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
     assert lines[0]["status"] == 431 and lines[0]["outcome"] == "refused"
     assert 'status="431"' in text
 

@@ -127,7 +127,7 @@ async def test_one_access_log_line_per_request_with_its_outcome(case: str, caplo
                 await asyncio.sleep(0.05)
             gate.release(None)
     assert len(lines) == 1
-    fields = lines[0].fields  # type: ignore[attr-defined]
+    fields = lines[0].access.fields()  # type: ignore[attr-defined]
     assert fields["outcome"] == case
     assert fields["path"] == "/stream" and "secret" not in lines[0].getMessage()  # no query in the log
     assert fields["status"] == 200 and fields["events"] >= 1 and fields["ttfb"] is not None

@@ -21,7 +21,7 @@ from sseproxy.registry import Registry
 
 
 def access_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+    return [r.access.fields() for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
 
 
 async def wait_for_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[str, Any]]:

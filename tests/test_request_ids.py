@@ -18,7 +18,7 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def access_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
-    return [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+    return [r.access.fields() for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("sent", [None, "client-id-42", "has spaces in it", "x" * 200])

@@ -121,7 +121,8 @@ def test_the_final_log_line_is_redacted_whatever_field_or_traceback_carries_the_
         import sys
         exc_info = sys.exc_info()
     record = logging.LogRecord("sseproxy.access", logging.INFO, __file__, 1, "plain", (), exc_info)
-    record.fields = {"error": "token sk-live-0123456789 refused"}
+    from sseproxy.accesslog import RequestRecord
+    record.access = RequestRecord("GET", "/", 0.0, error="token sk-live-0123456789 refused")
     line = formatter.format(record)
     assert "sk-live" not in line and "<redacted>" in line
     assert "ValueError" in line  # the traceback is still there, only the secret is gone

@@ -41,7 +41,7 @@ def answering(statuses: list[int], seen: list[dict[str, Any]], name: str) -> web
 
 
 def access_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+    return [r.access.fields() for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
 
 
 async def test_an_overloaded_upstream_is_retried_on_the_next_upstream_with_the_body_resent(

@@ -219,7 +219,7 @@ async def test_a_normal_close_is_logged_ok_with_frames_and_bytes(closer: str, ca
                     break
                 await asyncio.sleep(0.05)
     assert len(lines) == 1
-    fields = lines[0].fields  # type: ignore[attr-defined]
+    fields = lines[0].access.fields()  # type: ignore[attr-defined]
     assert (fields["status"], fields["outcome"]) == (101, "ok")
     assert fields["bytes"] == 11 + 3  # to the client
     assert fields["events"] == (4 if closer == "client" else 5)  # frames both ways
@@ -245,7 +245,7 @@ async def test_each_way_a_websocket_ends_is_logged_with_its_outcome(caplog: pyte
             assert ws._response.connection is not None
             ws._response.connection.transport.abort()
             for _ in range(100):  # bounded: until all four have ended and been logged
-                lines = [r.fields for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
+                lines = [r.access.fields() for r in caplog.records if r.name == "sseproxy.access"]  # type: ignore[attr-defined]
                 if len(lines) == 4:
                     break
                 await asyncio.sleep(0.05)
