@@ -17,6 +17,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 from collections.abc import AsyncIterable
 from typing import Protocol, cast
@@ -232,24 +233,31 @@ class H1Connection(asyncio.Protocol):
 
     # -- the exchange ---------------------------------------------------------------------------
     async def exchange(self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool,
-                       timeouts: Timeouts, where: str, head_only: bool = False) -> H1Response:
-        """Send one request; returns when the response head has arrived."""
-        self._head = self.loop.create_future()
+                       timeouts: Timeouts, head_only: bool = False) -> H1Response:
+        """Send one request; returns when the response head has arrived, or raises ``UpstreamTimeout``
+        after ``timeouts.idle`` (a timer on the head's future: no task cancellation per request)."""
+        head_future: asyncio.Future[H1Response] = self.loop.create_future()
+        self._head = head_future
         self._head_only = head_only
         assert self.transport is not None
         self.transport.write(head)
         if body is not None:
             self.body_sent = False
             self._body_task = self.loop.create_task(self._send_body(body, chunked))
+        timer = self.loop.call_later(timeouts.idle, self._head_timed_out, timeouts.idle) if timeouts.idle else None
         try:
-            async with asyncio.timeout(timeouts.idle or None):
-                return await self._head
-        except TimeoutError:
-            self.abort()
-            raise UpstreamTimeout(f"{where} sent no response headers within {timeouts.idle:g}s") from None
+            return await head_future
         except BaseException:
             self.abort()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _head_timed_out(self, idle: float) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(UpstreamTimeout(f"{self.pool.where} sent no response headers within {idle:g}s"))
 
     async def _send_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
         try:
@@ -351,17 +359,21 @@ class Addresses:
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
     async def lookup(self, host: str, port: int) -> list[str]:
-        with contextlib.suppress(ValueError):
-            ipaddress.ip_address(host.strip("[]"))
-            return [host.strip("[]")]
         loop = asyncio.get_running_loop()
         cached = self._cache.get((host, port))
         if cached is not None and cached[0] > loop.time():
             return cached[1]
-        if self._resolver is None:
-            self._resolver = aiohttp.connector.DefaultResolver()  # type: ignore[attr-defined]  # the one the connector uses
-        found = [r["host"] for r in await self._resolver.resolve(host, port, socket.AF_UNSPEC)]
-        self._cache[(host, port)] = (loop.time() + DNS_TTL, found)
+        literal = host.strip("[]")
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            if self._resolver is None:
+                self._resolver = aiohttp.connector.DefaultResolver()  # type: ignore[attr-defined]  # the connector's
+            found = [r["host"] for r in await self._resolver.resolve(host, port, socket.AF_UNSPEC)]
+            self._cache[(host, port)] = (loop.time() + DNS_TTL, found)
+        else:
+            found = [literal]
+            self._cache[(host, port)] = (math.inf, found)  # an address literal: never looked up
         return found
 
     async def close(self) -> None:
@@ -377,6 +389,7 @@ class H1Pool:
         self.host = host
         self.port = port
         self.addresses = addresses
+        self.where = f"http://{host}:{port}"  # for messages: never a userinfo
         self.idle: collections.deque[H1Connection] = collections.deque()
         self.busy: set[H1Connection] = set()
 
@@ -390,7 +403,7 @@ class H1Pool:
         with contextlib.suppress(ValueError):
             self.idle.remove(connection)
 
-    async def connection(self, timeouts: Timeouts, where: str) -> H1Connection:
+    async def connection(self, timeouts: Timeouts) -> H1Connection:
         while self.idle:
             connection = self.idle.pop()  # the most recently used: the least likely to have timed out
             connection.unpark()
@@ -401,11 +414,11 @@ class H1Pool:
             async with asyncio.timeout(timeouts.connect or None):
                 connection = await self._connect()
         except TimeoutError:
-            raise UpstreamConnectTimeout(f"connecting to {where} took over {timeouts.connect:g}s") from None
+            raise UpstreamConnectTimeout(f"connecting to {self.where} took over {timeouts.connect:g}s") from None
         except (socket.gaierror, aiohttp.ClientConnectorDNSError):
-            raise UpstreamConnectError(f"DNS lookup failed for {where}") from None
+            raise UpstreamConnectError(f"DNS lookup failed for {self.where}") from None
         except OSError as error:
-            raise UpstreamConnectError(f"cannot connect to {where}: {error.strerror or error}") from None
+            raise UpstreamConnectError(f"cannot connect to {self.where}: {error.strerror or error}") from None
         self.busy.add(connection)
         return connection
 
@@ -473,23 +486,18 @@ def address(url: URL) -> tuple[str, int]:
 async def send(pools: H1Pools, target: UpstreamTarget, out: OutboundRequest) -> H1Response:
     """Like ``upstream.send``, on this client: the next upstream while connecting fails."""
 
-    async def attempt(base: URL, url: URL) -> H1Response:
-        host, port = address(url)
-        pool = pools.get(host, port)
-        where = f"http://{host}:{port}"
-        path = url.raw_path_qs
-        head, chunked = request_head(out, path, url.raw_authority)
+    async def attempt(base: URL, path_qs: str) -> H1Response:
+        pool = pools.get(*address(base))
+        head, chunked = request_head(out, path_qs, base.raw_authority)
         head_only = out.method == "HEAD"
-        connection = await pool.connection(target.timeouts, where)
+        connection = await pool.connection(target.timeouts)
         try:
-            return await connection.exchange(head, out.body, chunked, target.timeouts, where, head_only)
+            return await connection.exchange(head, out.body, chunked, target.timeouts, head_only)
         except UpstreamUnavailable:
             if not (connection.reused and out.body is None):
                 raise
         # a kept-alive connection the upstream closed just as it was reused: once more on a new one
-        connection = await pool.connection(target.timeouts, where)
-        return await connection.exchange(head, out.body, chunked, target.timeouts, where, head_only)
+        connection = await pool.connection(target.timeouts)
+        return await connection.exchange(head, out.body, chunked, target.timeouts, head_only)
 
     return await with_failover(target, out.path, out.query, attempt)
-
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -43,8 +43,10 @@ def connection_tokens(headers: Headers) -> set[str]:
 
 def without_hop_by_hop(headers: Headers, keep: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers or any header that ``Connection`` names (``keep`` excepted)."""
-    drop = (HOP_BY_HOP | connection_tokens(headers)) - {k.lower() for k in keep}
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    drop = HOP_BY_HOP | connection_tokens(headers) if "Connection" in headers else HOP_BY_HOP
+    if keep:
+        drop = drop - {k.lower() for k in keep}
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
 def apply_rules(headers: CIMultiDict[str], rules: Rules) -> None:
@@ -75,17 +77,25 @@ class OutboundPolicy:
     preserve_host: bool
     token_header: str | None   # the inbound-auth header, never forwarded
     underscores_in_headers: bool = False   # False: client headers with '_' in the name are dropped
+    dropped: frozenset[str] = field(init=False)  # lower-case names never copied from the client
+
+    def __post_init__(self) -> None:
+        names = {*HOP_BY_HOP, "host", "expect", "accept-encoding"}  # the upstream's Host unless preserve_host;
+        if self.token_header is not None:                           # the proxy answers 100-continue itself
+            names.add(self.token_header.lower())
+        if self.forwarded:
+            names.update(n.lower() for n in FORWARDED_HEADERS)
+        object.__setattr__(self, "dropped", frozenset(names))
 
 
 FORWARDED_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 
 
-def add_forwarded(headers: CIMultiDict[str], hop: Hop) -> None:
+def add_forwarded(headers: CIMultiDict[str], hop: Hop, inbound: Headers) -> None:
     """``X-Forwarded-For`` is the client's address, appended to what came in only from a trusted
-    proxy (any other client could claim any address); ``-Proto`` and ``-Host`` describe this hop."""
-    prior = ", ".join(headers.getall("X-Forwarded-For", ())) if hop.trusted else ""
-    for name in FORWARDED_HEADERS:
-        headers.popall(name, None)
+    proxy (any other client could claim any address); ``-Proto`` and ``-Host`` describe this hop.
+    ``headers`` has none of these yet: they are read from ``inbound``."""
+    prior = ", ".join(inbound.getall("X-Forwarded-For", ())) if hop.trusted else ""
     if hop.client_ip:
         headers["X-Forwarded-For"] = f"{prior}, {hop.client_ip}" if prior else hop.client_ip
     headers["X-Forwarded-Proto"] = hop.proto
@@ -145,24 +155,24 @@ def upstream_accept_encoding(mode: str, client_value: str | None, *, prefer_iden
 def outbound_request_headers(inbound: Headers, policy: OutboundPolicy, hop: Hop,
                              accept_encoding: str | None) -> CIMultiDict[str]:
     """The headers sent upstream: hop-by-hop and underscored names removed, then ``remove``, then
-    ``set``/``add`` (a name with '_' that the config sets is the config's choice, and is sent)."""
-    out = without_hop_by_hop(inbound)
-    if not policy.underscores_in_headers:
-        # CGI and WSGI map '-' and '_' both to '_': X_Api_Key would pass a `remove: [X-Api-Key]`
-        # rule and arrive as the same variable (nginx's underscores_in_headers off).
-        for name in {k for k in out if "_" in k}:
-            out.popall(name, None)
-    out.popall("Host", None)  # the upstream's, unless preserve_host
-    out.popall("Expect", None)  # the proxy answers 100-continue itself
+    ``set``/``add`` (a name with '_' that the config sets is the config's choice, and is sent).
+
+    One pass over the client's headers with the route's compiled ``dropped`` names: this runs once
+    per request."""
+    drop = policy.dropped
+    if "Connection" in inbound:
+        drop = drop | connection_tokens(inbound)
     if "chunked" in inbound.get("Transfer-Encoding", "").lower():
-        out.popall("Content-Length", None)  # a chunked body's length is not known up front
-    if policy.token_header is not None:
-        out.popall(policy.token_header, None)
-    out.popall("Accept-Encoding", None)
+        drop = drop | {"content-length"}  # a chunked body's length is not known up front
+    # CGI and WSGI map '-' and '_' both to '_': X_Api_Key would pass a `remove: [X-Api-Key]` rule and
+    # arrive as the same variable (nginx's underscores_in_headers off).
+    underscores = policy.underscores_in_headers
+    out = CIMultiDict([(k, v) for k, v in inbound.items()
+                       if k.lower() not in drop and (underscores or "_" not in k)])
     if accept_encoding is not None:
         out["Accept-Encoding"] = accept_encoding
     if policy.forwarded:
-        add_forwarded(out, hop)
+        add_forwarded(out, hop, inbound)
     if policy.preserve_host and hop.host:
         out["Host"] = hop.host
     apply_rules(out, policy.rules)

@@ -6,6 +6,7 @@ decode ``%2f`` away, and the path that matched a route is exactly the path forwa
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import re
@@ -105,6 +106,7 @@ _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")  # DNS names (with '_
 _PORT = re.compile(r"[0-9]{0,5}")   # RFC 3986 allows an empty port ("host:")
 
 
+@functools.lru_cache(maxsize=1024)  # the same few Host values, request after request; bounded
 def parse_host(host_header: str | None) -> str:
     """The Host header's host, lower-cased, without port or trailing dot: what ``allowed_hosts`` and
     a route's ``host`` are compared with. "" when there is no Host header.

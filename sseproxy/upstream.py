@@ -95,10 +95,9 @@ class Pools:
         await asyncio.gather(*self._closing)
 
 
-def upstream_url(base: URL, path: str, query: str) -> URL:
-    """``base``'s scheme and authority with ``path`` and ``query``, kept exactly as encoded."""
-    text = f"{base.scheme}://{base.raw_authority}{path}"
-    return URL(f"{text}?{query}" if query else text, encoded=True)
+def upstream_url(base: URL, path_qs: str) -> URL:
+    """``base``'s scheme and authority with ``path_qs`` (path and query), kept exactly as encoded."""
+    return URL(f"{base.scheme}://{base.raw_authority}{path_qs}", encoded=True)
 
 
 @contextlib.contextmanager
@@ -143,15 +142,17 @@ class OutboundRequest:
 
 
 async def with_failover(target: UpstreamTarget, path: str, query: str,
-                        attempt: Callable[[URL, URL], Awaitable[T]]) -> T:
-    """``attempt(base, url)`` on the route's next upstream, trying the others only while connecting
-    fails (nothing was sent yet); any other failure is final."""
+                        attempt: Callable[[URL, str], Awaitable[T]]) -> T:
+    """``attempt(base, path_qs)`` on the route's next upstream, trying the others only while
+    connecting fails (nothing was sent yet); any other failure is final. ``path_qs`` is the path on
+    that upstream with the query, as encoded: the lean client needs no URL object per request."""
     last: UpstreamConnectError | UpstreamConnectTimeout | None = None
     for base in target.upstreams.order():
-        url = upstream_url(base, target.upstream_path(base, path), query)
+        path_qs = target.upstream_path(base, path)
+        if query:
+            path_qs = f"{path_qs}?{query}"
         try:
-            with mapped_errors(url, target.timeouts):
-                return await attempt(base, url)
+            return await attempt(base, path_qs)
         except (UpstreamConnectError, UpstreamConnectTimeout) as error:
             last = error
     assert last is not None
@@ -162,11 +163,13 @@ async def send(pools: Pools, target: UpstreamTarget, out: OutboundRequest) -> ai
     """Send the request upstream; the response headers have arrived when this returns."""
     timeout = target.timeouts.client_timeout()
 
-    async def attempt(base: URL, url: URL) -> aiohttp.ClientResponse:
-        return await pools.session(base).request(
-            out.method, url, headers=out.headers, data=out.body, allow_redirects=False,
-            timeout=timeout, compress=None, chunked=None,
-        )
+    async def attempt(base: URL, path_qs: str) -> aiohttp.ClientResponse:
+        url = upstream_url(base, path_qs)
+        with mapped_errors(url, target.timeouts):
+            return await pools.session(base).request(
+                out.method, url, headers=out.headers, data=out.body, allow_redirects=False,
+                timeout=timeout, compress=None, chunked=None,
+            )
 
     return await with_failover(target, out.path, out.query, attempt)
 

@@ -30,7 +30,7 @@ from yarl import URL
 
 from .errors import BadRequest, Outcome, UpstreamUnavailable
 from .headers import Headers
-from .upstream import OutboundRequest, Pools, UpstreamTarget, with_failover
+from .upstream import OutboundRequest, Pools, UpstreamTarget, mapped_errors, upstream_url, with_failover
 
 log = logging.getLogger("sseproxy")
 
@@ -95,7 +95,8 @@ async def connect(pools: Pools, target: UpstreamTarget, out: OutboundRequest, *,
     for name in HANDSHAKE_HEADERS:
         headers.popall(name, None)
 
-    async def attempt(base: URL, url: URL) -> aiohttp.ClientWebSocketResponse:
+    async def attempt(base: URL, path_qs: str) -> aiohttp.ClientWebSocketResponse:
+        url = upstream_url(base, path_qs)
         pool = pools.session(base)
         assert pool.connector is not None
         # ws_connect takes no ClientTimeout for its handshake, only its session's, and follows redirects:
@@ -103,16 +104,18 @@ async def connect(pools: Pools, target: UpstreamTarget, out: OutboundRequest, *,
         # connect and idle, and a trace that refuses a redirect before it is followed.
         refuse = aiohttp.TraceConfig()
         refuse.on_request_redirect.append(_refuse_redirect)
-        async with aiohttp.ClientSession(connector=pool.connector, connector_owner=False,
-                                         timeout=timeouts.client_timeout(), cookie_jar=pool.cookie_jar,
-                                         skip_auto_headers=pool.skip_auto_headers, trace_configs=[refuse]) as session:
-            try:
-                return await session.ws_connect(
-                    url, protocols=protocols, headers=headers, autoping=False, autoclose=False,
-                    max_msg_size=max_message + 1,  # aiohttp refuses a message of max_msg_size itself
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
-            except aiohttp.WSServerHandshakeError as e:
-                raise UpstreamUnavailable(f"upstream refused the WebSocket handshake with {e.status}") from None
+        with mapped_errors(url, timeouts):
+            async with aiohttp.ClientSession(
+                    connector=pool.connector, connector_owner=False, timeout=timeouts.client_timeout(),
+                    cookie_jar=pool.cookie_jar, skip_auto_headers=pool.skip_auto_headers,
+                    trace_configs=[refuse]) as session:
+                try:
+                    return await session.ws_connect(
+                        url, protocols=protocols, headers=headers, autoping=False, autoclose=False,
+                        max_msg_size=max_message + 1,  # aiohttp refuses a message of max_msg_size itself
+                        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
+                except aiohttp.WSServerHandshakeError as e:
+                    raise UpstreamUnavailable(f"upstream refused the WebSocket handshake with {e.status}") from None
 
     return await with_failover(target, out.path, out.query, attempt)
 
