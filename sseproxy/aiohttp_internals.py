@@ -13,6 +13,9 @@ The aiohttp range in ``pyproject.toml`` is the one these were tested against.
   ``_release`` and ``_get``, so a pooled connection that turns readable while idle is closed, and
   the client protocol's ``feed_data`` and ``set_response_params``, to bound interim (1xx) responses.
 - ``ProxyProtocol.handle_error``: the server protocol's answer to a request the parser refused.
+- ``HeldHeadResponse``/``take_head``: ``StreamResponse._send_headers_immediately`` (aiohttp's own
+  ``Response`` turns it off) and the writer's buffered head, so the callback relay sends the head
+  with the first body bytes in one write.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_writer import StreamWriter
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("sseproxy")
@@ -213,8 +217,10 @@ class ProxyServer(web.Server):
     def __init__(self, handler: Handler, *, header_timeout: float, max_head: int, on_refused: OnRefused,
                  **kwargs: Any):
         line = min(8190, max_head)  # aiohttp's own per-line caps, never above the whole head's
+        # tcp_keepalive off, as nginx's default: a probe after two hours of silence finds nothing a
+        # heartbeat would not, and costs a system call per connection
         super().__init__(self._serve, handler_cancellation=True, access_log=None, max_line_size=line,
-                         max_field_size=line, **kwargs)
+                         max_field_size=line, tcp_keepalive=False, **kwargs)
         self._proxy = handler
         self._deadlines = HeadDeadlines(self._loop, header_timeout)
         self._max_head = max_head
@@ -348,3 +354,22 @@ class GuardedConnector(aiohttp.TCPConnector):
         if connection is not None and isinstance(connection.protocol, GuardedResponseHandler):
             connection.protocol.idle = False
         return connection
+
+
+class HeldHeadResponse(web.StreamResponse):
+    """A ``StreamResponse`` whose ``prepare()`` serialises the head but holds it back, as aiohttp's
+    ``Response`` does: the callback relay takes it (``take_head``) and sends it with the first body
+    bytes when the upstream's first event came with its head: one write and one packet, not two."""
+
+    _send_headers_immediately = False
+
+
+def take_head(response: web.StreamResponse) -> bytes:
+    """The head ``prepare()`` held back, marked as sent: the caller writes it, before any body byte."""
+    writer = response._payload_writer
+    if not isinstance(writer, StreamWriter) or writer._headers_written:
+        return b""
+    head: bytes = writer._headers_buf or b""
+    writer._headers_buf = None
+    writer._headers_written = True
+    return head

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import admin, auth, cors, h1, resume, websocket
 from .accesslog import AccessLog, RequestRecord
-from .aiohttp_internals import ParserRefusal, ProxyProtocol, send_100_continue
+from .aiohttp_internals import HeldHeadResponse, ParserRefusal, ProxyProtocol, send_100_continue
 from .auth import presented_token
 from .errors import BodyTooLarge, Forbidden, NotImplementedCoding, Outcome, ProxyError, UpstreamUnavailable
 from .exchange import Exchange
@@ -249,7 +249,9 @@ class ProxyHandler:
         if route.resume is not None and plan.sse and (resumed := await resume.serve(exchange, self.runtime, upstream,
                                                                                     plan)) is not None:
             return resumed  # produced into the store, followed by this client (resume.py)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=plan.headers)
+        callbacks = isinstance(upstream, h1.H1Response) and isinstance(request.protocol, ProxyProtocol)
+        response_type = HeldHeadResponse if callbacks else web.StreamResponse  # the head leaves with the body
+        response = response_type(status=upstream.status, reason=upstream.reason, headers=plan.headers)
         record.status = upstream.status
         try:  # Nagle is off on every connection already: aiohttp's and the loop's transports set TCP_NODELAY
             await response.prepare(request)
@@ -261,7 +263,8 @@ class ProxyHandler:
             upstream.close()  # nothing was relayed: the upstream connection is not reused
             raise
         relay: Relay | CallbackRelay
-        if isinstance(upstream, h1.H1Response) and isinstance(request.protocol, ProxyProtocol):
+        if callbacks:
+            assert isinstance(upstream, h1.H1Response)
             relay = CallbackRelay(exchange, upstream, response, plan)
         else:
             assert isinstance(upstream, aiohttp.ClientResponse)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from .aiohttp_internals import ProxyProtocol
+from .aiohttp_internals import ProxyProtocol, take_head
 from .decoding import DecodeError
 from .errors import ProxyError, UpstreamError, UpstreamIdle
 from .exchange import Exchange
@@ -43,13 +43,17 @@ class CallbackRelay(RelayState):
         self._pending: Iterator[bytes] | None = None   # decoded pieces not yet relayed (a bomb, yielding)
         self._pending_end: tuple[BaseException | None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._head = b""  # the response head, held until the first write (HeldHeadResponse)
 
     async def run(self) -> Ending:
         if self._client is not None:
             self._client.flow = self
             self._client_paused = self._client.writing_paused
         self._arm()
-        self._upstream.attach(self)
+        self._head = take_head(self._response)
+        self._upstream.attach(self)  # relays the body bytes that came with the head, in this call
+        if self._head:
+            self._write_head()  # no body yet: the head goes now, on its own
         self._update_reading()
         try:
             await self._done
@@ -173,7 +177,19 @@ class CallbackRelay(RelayState):
             return
         self.policy.wrote(self._loop.time())
         self.bytes += len(data)
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        if self._head:
+            out, self._head = self._head + out, b""
+        transport.write(out)
+
+    def _write_head(self) -> None:
+        head, self._head = self._head, b""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._client_left = True
+            self._finish()
+            return
+        transport.write(head)
 
     # -- the stream's one timer -----------------------------------------------------------------
     def _arm(self) -> None:

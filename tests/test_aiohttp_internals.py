@@ -20,10 +20,12 @@ from helpers import WAIT, Gate, raw_server, read_head, running_app, running_prox
 from upstreams import echo_app, gated_stream_app
 
 from sseproxy.aiohttp_internals import (
+    HeldHeadResponse,
     ProxyProtocol,
     ProxyServer,
     fail_body_when_connection_drops,
     stop_read_timeout,
+    take_head,
 )
 
 
@@ -239,3 +241,33 @@ async def test_http10_expect_gets_no_interim_response() -> None:
     assert answer.split(b" ", 2)[1] == b"200", answer[:100]
     assert b"100 Continue" not in answer
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["body_size"] == 5
+
+
+# -- StreamResponse._send_headers_immediately and the writer's held head ------------------------
+
+async def test_a_held_head_is_taken_once_and_leaves_with_the_first_body_bytes_in_one_write() -> None:
+    taken: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = HeldHeadResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head = take_head(response)  # prepare() held it: nothing went out yet
+        taken.extend([head, take_head(response)])
+        assert request.transport is not None
+        request.transport.write(head + b"5\r\nhello\r\n")  # the head and the first chunk, one write
+        await response.write_eof()  # the last chunk only: the head is marked as sent
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with running_app(app) as url:
+        reader, writer = await send_raw(url.rstrip("/"), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            head = await read_head(reader)
+            rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)
+        finally:
+            writer.close()
+    assert taken[0].startswith(b"HTTP/1.1 200 OK\r\n") and taken[0].endswith(b"\r\n\r\n")
+    assert taken[1] == b""  # taken once
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert rest == b"5\r\nhello\r\n0\r\n\r\n"  # no second head
