@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     demo_upstream.add_argument("--recordings", action="store_true",
                                help="put the proxy in front of the shipped recordings (OpenAI, Anthropic, a stream "
                                     "cut mid-answer), replayed with their recorded timing")
+    demo_upstream.add_argument("--resume", action="store_true",
+                               help="resumable streams: hang up mid-answer and pick up with Last-Event-ID (curl), "
+                                    "or watch a page reconnect after a relay drops its stream")
     replay = sub.add_parser("replay", help="serve recorded exchanges back as an upstream, with their timing")
     replay.add_argument("directory", metavar="DIR", help="a directory of recordings (serve --record DIR)")
     replay.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080",
@@ -316,6 +319,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         await demo.serve_mock_until_stopped(host, port, _announce)
 
     async def main() -> None:
+        if args.resume:
+            return await resume()
         if args.recordings:
             replay, port = await demo.start_replay()
             stop_upstream, upstream = replay.stop, f"replay of {demo.RECORDINGS} on http://127.0.0.1:{port}"
@@ -339,6 +344,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
             await service.run(announce)
         finally:
             await stop_upstream()
+
+    async def resume() -> None:
+        from . import demo_resume
+
+        mock, port = await demo.start_mock(app=demo_resume.mock_app())
+        relay = demo_resume.CuttingRelay(demo_resume.CUT_AFTER, lambda n: _announce(
+            f"relay: dropped the page's stream after event {n}; EventSource reconnects by itself"))
+        host, _ = parse_listen(args.listen)
+        try:
+            relay_port = await relay.start(host)
+            overrides = demo_resume.overrides(args.listen, port)
+            service = Service(ServeOptions(None, overrides), load(None, overrides), redactor)
+
+            def announce(line: str) -> None:
+                proxy_url = line.split(" ")[3]
+                relay.target = (host, int(proxy_url.rpartition(":")[2]))
+                _announce(f"mock LLM upstream on http://127.0.0.1:{port}")
+                _announce(line)
+                _announce(demo_resume.instructions(proxy_url, f"{proxy_url.rpartition(':')[0]}:{relay_port}"))
+
+            await service.run(announce)
+        finally:
+            await relay.stop()
+            await mock.cleanup()
 
     try:
         load(None, Overrides(listen=args.listen))

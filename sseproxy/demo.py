@@ -13,6 +13,7 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -25,6 +26,18 @@ RECORDINGS = Path(__file__).parent / "recordings"  # shipped in the wheel (pypro
 ANSWER = ("Streaming works: each token left the mock model, passed through sseproxy, and reached you "
           "the moment it was sent, with nothing buffered, compressed or batched on the way.")
 TOKEN_DELAY = 0.06
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the mock model says, and how fast: ``demo --resume`` takes a longer, slower answer so a
+    person has time to hang up mid-answer."""
+
+    text: str = ANSWER
+    delay: float = TOKEN_DELAY  # seconds between tokens
+
+
+ANSWER_KEY = web.AppKey("answer", Answer)
 
 PAGE = """<!doctype html><meta charset=utf-8><title>sseproxy demo</title>
 <style>body{font:16px system-ui;max-width:42rem;margin:3rem auto}#out{white-space:pre-wrap;
@@ -62,34 +75,45 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
     except ValueError:
         return web.json_response({"error": {"message": "body must be JSON"}}, status=400)
+    answer = request.app[ANSWER_KEY]
     if not body.get("stream"):
         return web.json_response({"id": "chatcmpl-demo", "object": "chat.completion", "model": "sseproxy-demo",
-                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
+                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                                                "finish_reason": "stop"}]})
+    return await stream_answer(request, answer)
+
+
+async def stream_answer(request: web.Request, answer: Answer, first: bytes = b"") -> web.StreamResponse:
+    """The answer as a chat-completion event stream, one token per event; ``first`` is put in
+    front of the first event (e.g. a ``retry:`` field)."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for token in tokens(ANSWER):
-        await response.write(chunk(token))
-        await asyncio.sleep(TOKEN_DELAY)
+    for token in tokens(answer.text):
+        await response.write(first + chunk(token))
+        first = b""
+        await asyncio.sleep(answer.delay)
     await response.write(chunk(None, "stop"))
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
 
 
-async def page(request: web.Request) -> web.Response:
-    return web.Response(text=PAGE, content_type="text/html")
+def mock_llm_app(answer: Answer = Answer(), page: str = PAGE) -> web.Application:
+    """The mock model at ``POST /v1/chat/completions``, and ``page`` at ``/``."""
 
+    async def serve_page(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
 
-def mock_llm_app() -> web.Application:
     app = web.Application()
+    app[ANSWER_KEY] = answer
     app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/", page)
+    app.router.add_get("/", serve_page)
     return app
 
 
-async def start_mock(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(mock_llm_app(), access_log=None, handler_cancellation=True)
+async def start_mock(host: str = "127.0.0.1", port: int = 0, app: web.Application | None = None
+                     ) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app or mock_llm_app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
