@@ -61,6 +61,8 @@ class Framer:
     """Base framer: holds the incomplete tail. ``mid_frame`` is true while an oversized frame is
     being let through, the one time the client is not between whole frames."""
 
+    __slots__ = ("_buf", "frames", "max_frame", "mid_frame")  # one per stream in flight: no instance dict
+
     def __init__(self, max_frame: int = MAX_FRAME):
         self.max_frame = max_frame
         self.mid_frame = False
@@ -110,6 +112,8 @@ class Framer:
 
 
 class SseFramer(Framer):
+    __slots__ = ()
+
     def _boundary_end(self, data: bytes | bytearray, start: int) -> int:
         if data.endswith(_ENDS_ON_BOUNDARY):  # the common case, one read ending an event: no regex
             return len(data)
@@ -121,6 +125,8 @@ class SseFramer(Framer):
 
 
 class LineFramer(Framer):
+    __slots__ = ()
+
     def _boundary_end(self, data: bytes | bytearray, start: int) -> int:
         end = max(data.rfind(b"\n", start), data.rfind(b"\r", start))
         return end + 1 if end >= 0 else -1

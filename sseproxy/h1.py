@@ -58,6 +58,8 @@ class BodySink(Protocol):
 class H1Response:
     """The head of an upstream response; the body goes to the sink given to ``attach``."""
 
+    __slots__ = ("connection", "headers", "reason", "status")  # one per stream in flight: no instance dict
+
     def __init__(self, connection: H1Connection, status: int, reason: str, headers: CIMultiDictProxy[str]):
         self.connection = connection
         self.status = status
@@ -83,6 +85,35 @@ class H1Response:
 
 
 class H1Connection(asyncio.Protocol):
+    __slots__ = (  # one per stream in flight: no instance dict
+        "_body_task",
+        "_close_delimited",
+        "_complete",
+        "_drained",
+        "_early",
+        "_early_error",
+        "_early_size",
+        "_head",
+        "_head_only",
+        "_headers",
+        "_in_body",
+        "_interim",
+        "_keep_alive",
+        "_keepalive_timer",
+        "_lost",
+        "_reason",
+        "_sink",
+        "_trailing",
+        "_write_paused",
+        "body_sent",
+        "idle",
+        "loop",
+        "parser",
+        "pool",
+        "reused",
+        "transport",
+    )
+
     def __init__(self, pool: H1Pool):
         self.pool = pool
         self.loop = pool.loop

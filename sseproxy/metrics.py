@@ -71,6 +71,20 @@ class StreamMeter:
     end. At the end, whatever the record holds beyond what was flushed (heartbeats, the proxy's error
     event, a WebSocket's frames) is added, so the totals equal the access log's, never counted twice."""
 
+    __slots__ = (  # one per stream in flight: no instance dict
+        "_bytes",
+        "_events",
+        "_flushed_at",
+        "_flushed_bytes",
+        "_flushed_events",
+        "_gap_total",
+        "_gaps",
+        "_kind",
+        "_last_at",
+        "_metrics",
+        "_route",
+    )
+
     def __init__(self, metrics: Metrics, route: str):
         self._metrics = metrics
         self._route = route

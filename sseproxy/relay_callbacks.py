@@ -28,6 +28,22 @@ from .streaming import YIELD_EVERY, RelayState
 class CallbackRelay(RelayState):
     """Moves one upstream body (from ``h1``) to one client response, in callbacks."""
 
+    __slots__ = (  # one per stream in flight: no instance dict
+        "_chunked",
+        "_client",
+        "_client_left",
+        "_client_paused",
+        "_decoder",
+        "_done",
+        "_head",
+        "_pending",
+        "_pending_end",
+        "_timer",
+        "_transport",
+        "_upstream",
+        "_yielding",
+    )
+
     def __init__(self, exchange: Exchange, upstream: H1Response, response: web.StreamResponse, plan: StreamPlan):
         super().__init__(exchange, response, plan)
         self._upstream = upstream

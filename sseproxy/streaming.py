@@ -38,6 +38,20 @@ class RelayState:
     """What both relays (this awaiting one and ``relay_callbacks``' one) keep of a stream: its plan,
     framer and policy, what it sent, and how that goes into the exchange's record."""
 
+    __slots__ = (  # one per stream in flight: no instance dict
+        "_exchange",
+        "_failure",
+        "_hooks",
+        "_loop",
+        "_plan",
+        "_response",
+        "bytes",
+        "first_event_at",
+        "framer",
+        "heartbeats",
+        "policy",
+    )
+
     def __init__(self, exchange: Exchange, response: web.StreamResponse, plan: StreamPlan):
         route = exchange.matched
         self._exchange = exchange
@@ -90,6 +104,8 @@ class RelayState:
 class Relay(RelayState):
     """Moves one upstream body to one client response, awaiting each read and write, then ends it
     as the policy says. Used for TLS upstreams (aiohttp's client); plain-http ones take the callbacks."""
+
+    __slots__ = ("_protocol", "_upstream")  # one per stream in flight: no instance dict
 
     def __init__(self, exchange: Exchange, upstream: aiohttp.ClientResponse, response: web.StreamResponse,
                  plan: StreamPlan):

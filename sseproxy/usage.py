@@ -67,6 +67,8 @@ class UsageMeter:
     last event is read at the end of the call that brings it.
     """
 
+    __slots__ = ("tokens_in", "tokens_out")  # one per stream in flight: no instance dict
+
     def __init__(self) -> None:
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
@@ -106,6 +108,8 @@ class UsageMeter:
 
 class UsageHook:
     """One exchange's meter: reads event streams only, and puts the counts in the record at the end."""
+
+    __slots__ = ("_looked", "_named_model", "_sse", "meter")  # one per stream in flight: no instance dict
 
     def __init__(self, method: str) -> None:
         self.meter = UsageMeter()
