@@ -232,6 +232,7 @@ class H1Connection(asyncio.Protocol):
                 raise UpstreamUnavailable(f"the upstream sent over {MAX_INTERIM} interim (1xx) responses")
             return
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        self._headers = []  # not kept for the stream's life
         framed = "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
         self._close_delimited = not framed and status not in _BODYLESS
         self._keep_alive = self.parser.should_keep_alive() and not self._close_delimited
