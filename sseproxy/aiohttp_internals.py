@@ -62,11 +62,15 @@ class FlowListener(Protocol):
 HEAD_TOO_LARGE = b"Request Header Fields Too Large"
 
 
-def _refusal_bytes(refusal: ParserRefusal) -> bytes:
+def refusal_bytes(refusal: ParserRefusal) -> bytes:
     body = json.dumps({"error": {"type": refusal.type, "message": refusal.message, "route": None}}).encode()
     reason = HEAD_TOO_LARGE if refusal.status == 431 else b"Bad Request"
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
             % (refusal.status, reason, len(body)) + body)
+
+
+class HeadWatched(Protocol):
+    def head_too_slow(self) -> None: ...
 
 
 class HeadDeadlines:
@@ -79,10 +83,10 @@ class HeadDeadlines:
         self._loop = loop
         self.timeout = timeout
         self._every = min(1.0, max(0.02, timeout / 4))
-        self._waiting: dict[ProxyProtocol, float] = {}
+        self._waiting: dict[HeadWatched, float] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
 
-    def arm(self, protocol: ProxyProtocol) -> float | None:
+    def arm(self, protocol: HeadWatched) -> float | None:
         if self.timeout <= 0:
             return None
         deadline = self._loop.time() + self.timeout
@@ -92,7 +96,7 @@ class HeadDeadlines:
             self._sweep_handle = self._loop.call_later(self._every, self._sweep)
         return deadline
 
-    def disarm(self, protocol: ProxyProtocol) -> None:
+    def disarm(self, protocol: HeadWatched) -> None:
         self._waiting.pop(protocol, None)
 
     def _sweep(self) -> None:
@@ -171,7 +175,7 @@ class ProxyProtocol(RequestHandler):
                                 f"({self._max_head} bytes)", self._peer())
         self._on_refused(refusal)
         if self.transport is not None:
-            self.transport.write(_refusal_bytes(refusal))
+            self.transport.write(refusal_bytes(refusal))
             self.transport.close()
         self.force_close()
 
@@ -235,6 +239,10 @@ class ProxyServer(web.Server):
         finally:
             if isinstance(protocol, ProxyProtocol) and request.transport is not None:
                 protocol.arm_head_deadline()
+
+    @property
+    def deadlines(self) -> HeadDeadlines:
+        return self._deadlines
 
     def __call__(self) -> RequestHandler:
         return ProxyProtocol(self, loop=self._loop, deadlines=self._deadlines, max_head=self._max_head,

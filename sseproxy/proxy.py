@@ -20,10 +20,11 @@ from aiohttp import web
 
 from . import admin, auth, cors, h1, resume, websocket
 from .accesslog import AccessLog, RequestRecord
-from .aiohttp_internals import HeldHeadResponse, ParserRefusal, ProxyProtocol, send_100_continue
+from .aiohttp_internals import HeldHeadResponse, ParserRefusal, send_100_continue
 from .auth import presented_token
 from .errors import BodyTooLarge, Forbidden, NotImplementedCoding, Outcome, ProxyError, UpstreamUnavailable
 from .exchange import Exchange
+from .h1server import CLIENT_PROTOCOLS
 from .limits import Lease
 from .plan import plan_response
 from .relay_callbacks import CallbackRelay
@@ -249,7 +250,7 @@ class ProxyHandler:
         if route.resume is not None and plan.sse and (resumed := await resume.serve(exchange, self.runtime, upstream,
                                                                                     plan)) is not None:
             return resumed  # produced into the store, followed by this client (resume.py)
-        callbacks = isinstance(upstream, h1.H1Response) and isinstance(request.protocol, ProxyProtocol)
+        callbacks = isinstance(upstream, h1.H1Response) and isinstance(request.protocol, CLIENT_PROTOCOLS)
         response_type = HeldHeadResponse if callbacks else web.StreamResponse  # the head leaves with the body
         response = response_type(status=upstream.status, reason=upstream.reason, headers=plan.headers)
         record.status = upstream.status

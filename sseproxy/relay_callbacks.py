@@ -15,11 +15,12 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from .aiohttp_internals import ProxyProtocol, take_head
+from .aiohttp_internals import take_head
 from .decoding import DecodeError
 from .errors import ProxyError, UpstreamError, UpstreamIdle
 from .exchange import Exchange
 from .h1 import H1Response
+from .h1server import CLIENT_PROTOCOLS
 from .plan import StreamPlan
 from .relay_policy import HEARTBEAT, Ending, Tick, ending
 from .streaming import YIELD_EVERY, RelayState
@@ -50,7 +51,7 @@ class CallbackRelay(RelayState):
         self._decoder = plan.decoder
         self._transport = exchange.request.transport
         protocol = exchange.request.protocol
-        self._client = protocol if isinstance(protocol, ProxyProtocol) else None
+        self._client = protocol if isinstance(protocol, CLIENT_PROTOCOLS) else None
         self._chunked = "chunked" in response.headers.get("Transfer-Encoding", "")  # as prepare() chose
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._client_left = False

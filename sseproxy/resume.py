@@ -25,7 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import cors, h1
-from .aiohttp_internals import ProxyProtocol, fail_body_when_connection_drops, stop_read_timeout
+from .aiohttp_internals import fail_body_when_connection_drops, stop_read_timeout
 from .auth import presented_token
 from .decoding import DecodeError
 from .errors import (
@@ -40,6 +40,7 @@ from .errors import (
 )
 from .exchange import Exchange
 from .framing import LINE_END, MAX_FRAME, SSE_BOUNDARY, SseFramer
+from .h1server import CLIENT_PROTOCOLS
 from .plan import StreamPlan
 from .relay_policy import HEARTBEAT, error_frame
 from .requestid import HEADER as REQUEST_ID
@@ -499,7 +500,7 @@ def _direct_writer(exchange: Exchange, response: web.StreamResponse) -> Callable
 
     def direct(data: bytes) -> bool:
         transport = request.transport
-        if not isinstance(protocol, ProxyProtocol) or protocol.writing_paused or transport is None \
+        if not isinstance(protocol, CLIENT_PROTOCOLS) or protocol.writing_paused or transport is None \
                 or transport.is_closing():
             return False
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)

@@ -1,7 +1,8 @@
-"""The listening server: aiohttp's low-level ``Server`` (every request target reaches the proxy's
-handler, none is normalised away by a router), with handler cancellation on client hang-up and a
-deadline for the request head (``aiohttp_internals.ProxyServer``), so a slowloris client is closed
-while others keep being served; and the graceful stop.
+"""The listening server: the lean HTTP/1.1 protocol (``h1server``) on the socket, every request
+target reaching the proxy's handler as sent (no router normalises it away), the handler cancelled on
+client hang-up and a deadline for the request head, so a slowloris client is closed while others keep
+being served. aiohttp's low-level ``Server`` (``aiohttp_internals.ProxyServer``) takes the connections
+that upgrade (WebSocket). And the graceful stop, over both.
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
-
 from .accesslog import AccessLog
 from .aiohttp_internals import ProxyServer
+from .h1server import LeanServer
 from .proxy import ProxyHandler
 from .runtime import Runtime
 
@@ -27,19 +27,19 @@ class Listener:
         self.runtime = runtime
         config = runtime.snapshot.config
         self.handler = ProxyHandler(runtime, access_log)
-        self.server = ProxyServer(self.handler, header_timeout=config.header_timeout,
-                                  max_head=config.max_header_size, on_refused=self.handler.refused)
-        self.runner = web.ServerRunner(self.server, handle_signals=False)
+        self.upgrades = ProxyServer(self.handler, header_timeout=config.header_timeout,
+                                    max_head=config.max_header_size, on_refused=self.handler.refused)
+        self.server = LeanServer(self.handler, upgrades=self.upgrades, deadlines=self.upgrades.deadlines,
+                                 max_head=config.max_header_size, on_refused=self.handler.refused)
         self.reuse_port = reuse_port
-        self.site: web.TCPSite | None = None
+        self.site: asyncio.Server | None = None
         self._stopped = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        await self.runner.setup()
-        self.site = web.TCPSite(self.runner, host, port, reuse_port=self.reuse_port or None,
-                                backlog=4096)  # the kernel caps it at net.core.somaxconn
-        await self.site.start()
-        address = self.runner.addresses[-1]
+        loop = asyncio.get_running_loop()
+        self.site = await loop.create_server(self.server, host, port, reuse_port=self.reuse_port or None,
+                                             backlog=4096)  # the kernel caps it at net.core.somaxconn
+        address = self.site.sockets[-1].getsockname()
         return str(address[0]), int(address[1])
 
     async def stop(self) -> None:
@@ -55,13 +55,14 @@ class Listener:
         self.runtime.draining = True
         self.runtime.inspector.close()  # inspector feeds end now, not at the end of the grace
         if self.site is not None:
-            await self.site.stop()
+            self.site.close()  # stop accepting; open connections stay
         await asyncio.sleep(0)  # requests that arrived before the stop start being handled
         self.server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their request
+        self.upgrades.pre_shutdown()
         await self.handler.websockets.close_all(timeout=grace)  # a WebSocket has no end to wait for: 1001
         stopped = await self.runtime.streams.drain(grace)
         if stopped:
             log.info("ended %d stream(s) still open after the %gs grace", stopped, grace)
-        await self.server.shutdown(max(0.1, deadline - loop.time()))
-        await self.runner.cleanup()
+        remaining = max(0.1, deadline - loop.time())
+        await asyncio.gather(self.server.shutdown(remaining), self.upgrades.shutdown(remaining))
         await self.runtime.close()
