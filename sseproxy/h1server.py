@@ -116,7 +116,7 @@ class LeanProtocol(BaseProtocol):
     aiohttp's ``StreamWriter.drain`` waits on; reading is this class's own."""
 
     __slots__ = ("_begun", "_body", "_deadline", "_handed_off", "_head_seen", "_headers", "_in_head", "_llhttp",
-                 "_raw", "_raw_valid", "_task", "_url", "_waiting", "flow", "remote", "server")
+                 "_raw", "_raw_valid", "_refusal", "_task", "_url", "_waiting", "flow", "remote", "server")
 
     def __init__(self, server: LeanServer):
         super().__init__(server.loop)
@@ -135,6 +135,7 @@ class LeanProtocol(BaseProtocol):
         self._deadline: float | None = None
         self._handed_off = False
         self._begun = 0                # heads begun in the read being parsed
+        self._refusal = b""            # the answer to a refused head, sent after the answer in flight
         self._llhttp: Any = None  # made for each request: between requests (a stream's whole life) none is kept
 
     @property
@@ -309,6 +310,9 @@ class LeanProtocol(BaseProtocol):
             self.flow = None
         if self.transport is None:
             return
+        if self._refusal:  # a head after this one was refused
+            self.transport.write(self._refusal)
+            keep_alive = False
         if not keep_alive:
             self.transport.close()
             return
@@ -353,10 +357,15 @@ class LeanProtocol(BaseProtocol):
         self.head_received()
         refusal = ParserRefusal(status, kind, message, self.remote)
         self.server.on_refused(refusal)
-        if self.transport is not None:
-            if self._task is None:
-                self.transport.write(refusal_bytes(refusal))
-            self.transport.close()
+        if self.transport is None:
+            return
+        self._waiting.clear()
+        if self._task is not None:  # after the answer in flight: in order, as HTTP/1.1 answers go
+            self._refusal = refusal_bytes(refusal)
+            self._pause_transport_reading()
+            return
+        self.transport.write(refusal_bytes(refusal))
+        self.transport.close()
 
     def _hand_off(self) -> None:
         """An Upgrade: aiohttp's server takes the connection, fed the bytes of this request."""
