@@ -4,8 +4,12 @@ Each hook here has a test in ``tests/test_aiohttp_internals.py`` that fails loud
 release changes what it relies on, so an upgrade breaks this file, never the product silently.
 The aiohttp range in ``pyproject.toml`` is the one these were tested against.
 
-- ``HeadDeadlineProtocol``/``ProxyServer``: ``web_protocol.RequestHandler`` subclassed for the
-  request-head deadline, made with ``web.Server``'s private ``_loop`` and ``_kwargs``.
+- ``ProxyProtocol``/``ProxyServer``: ``web_protocol.RequestHandler`` subclassed for the
+  request-head deadline, made with ``web.Server``'s private ``_loop`` and ``_kwargs``. The listening
+  socket is ``h1server``'s; this server takes the connections it hands over (an Upgrade).
+- ``h1server`` itself answers with aiohttp's ``StreamResponse`` over its ``StreamWriter`` and
+  ``BaseProtocol``, giving ``prepare()`` a request with ``_payload_writer`` and ``_prepare_hook``:
+  the whole suite runs on that path.
 - ``send_100_continue``: the interim response written raw on ``request.writer``.
 - ``fail_body_when_connection_drops``: the client protocol's ``closed`` future.
 - ``stop_read_timeout``: the client protocol's ``read_timeout`` and its armed timer.
