@@ -7,9 +7,10 @@ The aiohttp range in ``pyproject.toml`` is the one these were tested against.
 - ``ProxyProtocol``/``ProxyServer``: ``web_protocol.RequestHandler`` subclassed for the
   request-head deadline, made with ``web.Server``'s private ``_loop`` and ``_kwargs``. The listening
   socket is ``h1server``'s; this server takes the connections it hands over (an Upgrade).
-- ``h1server`` itself answers with aiohttp's ``StreamResponse`` over its ``StreamWriter`` and
-  ``BaseProtocol``, giving ``prepare()`` a request with ``_payload_writer`` and ``_prepare_hook``:
-  the whole suite runs on that path.
+- ``ServerProtocol``/``PreparableRequest``: ``h1server`` answers with aiohttp's ``StreamResponse``
+  over aiohttp's ``StreamWriter``, on a protocol that is aiohttp's ``BaseProtocol`` (the write-side
+  flow control ``StreamWriter.drain`` waits on); ``prepare()`` reads the private ``_payload_writer``
+  and ``_prepare_hook`` of the request it is given.
 - ``send_100_continue``: the interim response written raw on ``request.writer``.
 - ``fail_body_when_connection_drops``: the client protocol's ``closed`` future.
 - ``stop_read_timeout``: the client protocol's ``read_timeout`` and its armed timer.
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_writer import StreamWriter
@@ -385,3 +387,25 @@ def take_head(response: web.StreamResponse) -> bytes:
     writer._headers_buf = None
     writer._headers_written = True
     return head
+
+
+class ServerProtocol(BaseProtocol):
+    """aiohttp's ``BaseProtocol``: ``pause_writing``/``resume_writing`` and the ``_drain_helper`` that
+    ``StreamWriter.drain`` awaits. Its reading side assumes aiohttp's parser, so a subclass with a
+    parser of its own overrides ``pause_reading``/``resume_reading``."""
+
+    __slots__ = ()
+
+
+class PreparableRequest:
+    """The part of a request ``StreamResponse.prepare()`` reads beyond the public API: the writer the
+    response goes out on (``_payload_writer``) and the hook for the app's ``on_response_prepare``
+    signals (none here). It also reads ``method``, ``version``, ``keep_alive`` and ``headers``."""
+
+    __slots__ = ("_payload_writer",)
+
+    def __init__(self, protocol: ServerProtocol, loop: asyncio.AbstractEventLoop):
+        self._payload_writer = StreamWriter(protocol, loop)
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        return None

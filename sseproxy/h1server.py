@@ -23,10 +23,9 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
-from aiohttp import HttpVersion, web
-from aiohttp.base_protocol import BaseProtocol
+from aiohttp import HttpVersion, StreamReader, web
 from aiohttp.http_writer import StreamWriter
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from .aiohttp_internals import (
@@ -34,8 +33,10 @@ from .aiohttp_internals import (
     HeadDeadlines,
     OnRefused,
     ParserRefusal,
+    PreparableRequest,
     ProxyProtocol,
     ProxyServer,
+    ServerProtocol,
     refusal_bytes,
 )
 
@@ -49,16 +50,17 @@ MAX_HEADERS = 128    # header lines per request (aiohttp's default)
 _VERSIONS = {"1.1": HttpVersion(1, 1), "1.0": HttpVersion(1, 0)}
 
 
-class LeanRequest:
+class LeanRequest(PreparableRequest):
     """The inbound request: what the proxy's handler reads of aiohttp's ``BaseRequest``, and what
-    aiohttp's ``StreamResponse.prepare`` needs (``_payload_writer``, ``_prepare_hook``, ``keep_alive``)."""
+    aiohttp's ``StreamResponse.prepare`` needs (``PreparableRequest``)."""
 
-    __slots__ = ("_payload_writer", "_query", "body_exists", "content", "headers", "keep_alive", "method",
+    __slots__ = ("_query", "body_exists", "content", "headers", "keep_alive", "method",
                  "protocol", "raw_path", "remote", "version")
     scheme = "http"
 
     def __init__(self, protocol: LeanProtocol, method: str, raw_path: str, version: HttpVersion,
                  headers: CIMultiDictProxy[str], content: StreamReader, keep_alive: bool):
+        super().__init__(protocol, protocol.loop)
         self.protocol = protocol
         self.method = method
         self.raw_path = raw_path
@@ -68,7 +70,6 @@ class LeanRequest:
         self.body_exists = content is not EMPTY_PAYLOAD
         self.keep_alive = keep_alive
         self.remote = protocol.remote
-        self._payload_writer = StreamWriter(protocol, protocol.loop)
         self._query: MultiDictProxy[str] | None = None
 
     @property
@@ -99,9 +100,6 @@ class LeanRequest:
     def can_read_body(self) -> bool:
         return not self.content.at_eof()
 
-    async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        return None  # no on_response_prepare signals: there is no application
-
 
 class _HandOff(Exception):
     """Raised from a parser callback: the request asks to switch protocols; aiohttp's server takes it."""
@@ -111,9 +109,9 @@ class _Refused(Exception):
     """Raised from a parser callback: the head is refused (``status``, ``type``, ``message``)."""
 
 
-class LeanProtocol(BaseProtocol):
-    """One client connection. ``BaseProtocol`` (aiohttp) gives the write-side flow control that
-    aiohttp's ``StreamWriter.drain`` waits on; reading is this class's own."""
+class LeanProtocol(ServerProtocol):
+    """One client connection. ``ServerProtocol`` (aiohttp's ``BaseProtocol``) gives the write-side flow
+    control that aiohttp's ``StreamWriter.drain`` waits on; reading is this class's own."""
 
     __slots__ = ("_begun", "_body", "_deadline", "_handed_off", "_head_seen", "_headers", "_in_head", "_llhttp",
                  "_raw", "_raw_valid", "_refusal", "_task", "_url", "_waiting", "flow", "remote", "server")

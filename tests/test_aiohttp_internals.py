@@ -21,8 +21,10 @@ from upstreams import echo_app, gated_stream_app
 
 from sseproxy.aiohttp_internals import (
     HeldHeadResponse,
+    PreparableRequest,
     ProxyProtocol,
     ProxyServer,
+    ServerProtocol,
     fail_body_when_connection_drops,
     stop_read_timeout,
     take_head,
@@ -271,3 +273,55 @@ async def test_a_held_head_is_taken_once_and_leaves_with_the_first_body_bytes_in
     assert taken[1] == b""  # taken once
     assert b"transfer-encoding: chunked" in head.lower()
     assert rest == b"5\r\nhello\r\n0\r\n\r\n"  # no second head
+
+
+# -- BaseProtocol, StreamWriter and prepare()'s private reads of the request ---------------------
+
+class _Request(PreparableRequest):
+    __slots__ = ("headers", "keep_alive", "method", "version")
+
+    def __init__(self, protocol: ServerProtocol, loop: asyncio.AbstractEventLoop):
+        super().__init__(protocol, loop)
+        self.method, self.version, self.keep_alive = "GET", aiohttp.HttpVersion11, True
+        self.headers: dict[str, str] = {}
+
+
+class _Answering(ServerProtocol):
+    """Answers the first bytes it reads with a chunked StreamResponse, prepared on a _Request."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, done: list[asyncio.Task[None]]):
+        super().__init__(loop)
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        self.done.append(self._loop.create_task(self._answer()))
+
+    async def _answer(self) -> None:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        request = _Request(self, self._loop)
+        await response.prepare(request)  # type: ignore[arg-type]
+        await response.write(b"hello")
+        await request._payload_writer.drain()  # BaseProtocol's _drain_helper: at once while not paused
+        await response.write_eof()
+
+
+async def test_stream_response_prepares_on_a_preparable_request_over_a_base_protocol() -> None:
+    loop = asyncio.get_running_loop()
+    done: list[asyncio.Task[None]] = []
+    server = await loop.create_server(lambda: _Answering(loop, done), "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\n\r\n")
+            head = await read_head(reader)
+            body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)
+        finally:
+            writer.close()
+        await asyncio.wait_for(done[0], WAIT)
+    finally:
+        server.close()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head.lower()
+    assert body == b"5\r\nhello\r\n0\r\n\r\n"
