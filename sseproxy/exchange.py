@@ -6,6 +6,7 @@ parameters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Exchange:
     request: web.BaseRequest
     snapshot: Snapshot
     record: RequestRecord
+    loop: asyncio.AbstractEventLoop    # the running loop, looked up once per request
     target: Target | None = None
     route: RouteRuntime | None = None
     hooks: tuple[Hook, ...] = ()

@@ -390,8 +390,7 @@ class Addresses:
         self._resolver: aiohttp.abc.AbstractResolver | None = None
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
-    async def lookup(self, host: str, port: int) -> list[str]:
-        loop = asyncio.get_running_loop()
+    async def lookup(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> list[str]:
         cached = self._cache.get((host, port))
         if cached is not None and cached[0] > loop.time():
             return cached[1]
@@ -442,22 +441,32 @@ class H1Pool:
             if connection.transport is not None and not connection.transport.is_closing():
                 self.busy.add(connection)
                 return connection
+        task = asyncio.current_task()
+        expired: list[bool] = []  # a timer that cancels this task, lighter than asyncio.timeout per stream
+        timer = self.loop.call_later(timeouts.connect, _expire, task, expired) \
+            if timeouts.connect and task is not None else None
         try:
-            async with asyncio.timeout(timeouts.connect or None):
-                connection = await self._connect()
-        except TimeoutError:
+            connection = await self._connect()
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            assert task is not None
+            task.uncancel()
             raise UpstreamConnectTimeout(f"connecting to {self.where} took over {timeouts.connect:g}s") from None
         except (socket.gaierror, aiohttp.ClientConnectorDNSError):
             raise UpstreamConnectError(f"DNS lookup failed for {self.where}") from None
         except OSError as error:
             raise UpstreamConnectError(f"cannot connect to {self.where}: {error.strerror or error}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
         self.busy.add(connection)
         return connection
 
     async def _connect(self) -> H1Connection:
         """Each address the name resolves to in turn (localhost may be ::1 only, or 127.0.0.1 only)."""
         last: OSError | None = None
-        for host in await self.addresses.lookup(self.host, self.port):
+        for host in await self.addresses.lookup(self.host, self.port, self.loop):
             try:
                 _, connection = await self.loop.create_connection(lambda: H1Connection(self), host, self.port)
                 return connection
@@ -484,6 +493,11 @@ def request_head(out: OutboundRequest, target: str, host: str) -> tuple[bytes, b
         lines.append("Content-Length: 0\r\n")
     lines.append("\r\n")
     return "".join(lines).encode("utf-8", "surrogateescape"), chunked
+
+
+def _expire(task: asyncio.Task[object], expired: list[bool]) -> None:
+    expired.append(True)
+    task.cancel()
 
 
 class H1Pools:

@@ -170,7 +170,7 @@ class Inspector:
 
     # the hook factory -------------------------------------------------------------------------
     def open(self, info: ExchangeInfo) -> StreamView:
-        now = asyncio.get_running_loop().time()
+        now = info.started  # the exchange began a moment ago, on the loop's clock
         view = StreamView(self, info, wall=time.time() - now)
         self.active[info.id] = view
         if self.subscribers:

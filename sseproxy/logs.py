@@ -60,6 +60,18 @@ class LineFormatter(logging.Formatter):
         self.general = general
         self.access = access
         self.redactor = redactor
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As the base class's, with the part down to the second made once a second, not once a line."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+        return f"{self._stamp},{int(record.msecs):03d}"  # the default_msec_format
 
     def format(self, record: logging.LogRecord) -> str:
         style = self.access if record.name == "sseproxy.access" else self.general

@@ -94,7 +94,7 @@ class ProxyHandler:
         loop = asyncio.get_running_loop()
         record = RequestRecord(method=request.method, path=request.raw_path.partition("?")[0],
                                started=loop.time(), client=request.remote)
-        exchange = Exchange(next(self._ids), request, snapshot, record)
+        exchange = Exchange(next(self._ids), request, snapshot, record, loop)
         try:
             return await self._serve(exchange)
         except ProxyError as error:
@@ -160,7 +160,7 @@ class ProxyHandler:
             protocols=websocket.subprotocols(request.headers), max_message=limits.max_message)
         record = exchange.record
         record.status = 101
-        record.ttfb = asyncio.get_running_loop().time() - record.started
+        record.ttfb = exchange.loop.time() - record.started
         relay = websocket.WebSocketRelay(upstream, limits, self.websockets)
         try:
             return await relay.run(exchange.request)
@@ -232,7 +232,7 @@ class ProxyHandler:
             await asyncio.sleep(delay)
             if body is not None:
                 outbound = dataclasses.replace(outbound, body=body.replay())
-        record.ttfb = asyncio.get_running_loop().time() - record.started
+        record.ttfb = exchange.loop.time() - record.started
         if upstream.status == 101:  # switching protocols without being asked: never carried on as HTTP (Go: 502)
             upstream.close()
             raise UpstreamUnavailable("the upstream switched protocols (101) on a request that asked for no upgrade")

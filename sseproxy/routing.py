@@ -50,11 +50,12 @@ def check_target(method: str, raw_target: str, host_header: str | None) -> Targe
     lowered = path.lower()
     if "\\" in path or "\x00" in path or any(bad in lowered for bad in _FORBIDDEN_ENCODED):
         raise BadRequest("encoded slashes, backslashes and NUL are refused in paths")
-    for segment in lowered.split("/"):
-        # Servlet containers drop a ';' parameter before resolving dot segments: '..;x' is '..' there.
-        name = segment.split(";", 1)[0].split("%3b", 1)[0]
-        if name.replace("%2e", ".") in (".", ".."):
-            raise BadRequest("dot segments ('.', '..', encoded, or with a ';' parameter) are refused in paths")
+    if "." in lowered or "%2e" in lowered:  # else no segment can be a dot segment
+        for segment in lowered.split("/"):
+            # Servlet containers drop a ';' parameter before resolving dot segments: '..;x' is '..' there.
+            name = segment.split(";", 1)[0].split("%3b", 1)[0]
+            if name.replace("%2e", ".") in (".", ".."):
+                raise BadRequest("dot segments ('.', '..', encoded, or with a ';' parameter) are refused in paths")
     return Target(path=path, query=query)
 
 

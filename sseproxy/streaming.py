@@ -59,7 +59,7 @@ class RelayState:
         self._plan = plan
         self._hooks = exchange.hooks
         self.framer = plan.framer()
-        self._loop = asyncio.get_running_loop()
+        self._loop = exchange.loop
         now = self._loop.time()
         self.policy = RelayPolicy(heartbeat=route.heartbeat if plan.sse else 0.0,
                                   idle=route.timeouts.idle, last_read=now, last_write=now)
