@@ -82,14 +82,14 @@ class RelayState:
     def _fail(self, failure: ProxyError) -> None:
         raise NotImplementedError
 
-    def _framed(self, piece: bytes) -> bytes:
+    def _framed(self, piece: bytes, now: float | None = None) -> bytes:
         """The whole frames ``piece`` completes (all of it when the stream is not framed)."""
         framer = self.framer
         if framer is None:
             return piece
         out = framer.feed(piece)
         if out and self.first_event_at is None and framer.frames:
-            self.first_event_at = self._loop.time()
+            self.first_event_at = self._loop.time() if now is None else now
         return out
 
     def _fill_record(self) -> None:

@@ -126,7 +126,7 @@ class UsageHook:
         self._sse = kind is StreamKind.SSE
 
     def data(self, chunk: bytes, at: float) -> None:
-        if self._sse:
+        if self._sse and MARKER in chunk:  # the meter's own first test, without a call per event
             self.meter.feed(chunk)
 
     def end(self, record: RequestRecord) -> None:
