@@ -120,7 +120,27 @@ class HeadDeadlines:
             self._sweep_handle = self._loop.call_later(self._every, self._sweep)
 
 
-class ProxyProtocol(RequestHandler):
+class ServerProtocol(BaseProtocol):
+    """aiohttp's ``BaseProtocol``: ``pause_writing``/``resume_writing`` and the ``_drain_helper`` that
+    ``StreamWriter.drain`` awaits, with those pauses passed on to the relay that writes to this client
+    directly (``flow``, which the subclass holds). Its reading side assumes aiohttp's parser, so a
+    subclass with a parser of its own overrides ``pause_reading``/``resume_reading``."""
+
+    __slots__ = ()
+    flow: FlowListener | None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.flow is not None:
+            self.flow.client_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.flow is not None:
+            self.flow.client_resumed()
+
+
+class ProxyProtocol(RequestHandler, ServerProtocol):
     """The server protocol: a deadline and a size cap for the request head, and one log line (not a
     traceback) for a request the parser refused.
 
@@ -140,20 +160,6 @@ class ProxyProtocol(RequestHandler):
         self._deadline: float | None = None  # when the head awaited now is due; None: none is awaited
         self._head: bytearray | None = bytearray()  # None: the head is complete, bytes are not watched
         self.flow: FlowListener | None = None       # a relay writing to this client directly
-
-    @property
-    def writing_paused(self) -> bool:
-        return bool(self._paused)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.flow is not None:
-            self.flow.client_paused()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.flow is not None:
-            self.flow.client_resumed()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -387,14 +393,6 @@ def take_head(response: web.StreamResponse) -> bytes:
     writer._headers_buf = None
     writer._headers_written = True
     return head
-
-
-class ServerProtocol(BaseProtocol):
-    """aiohttp's ``BaseProtocol``: ``pause_writing``/``resume_writing`` and the ``_drain_helper`` that
-    ``StreamWriter.drain`` awaits. Its reading side assumes aiohttp's parser, so a subclass with a
-    parser of its own overrides ``pause_reading``/``resume_reading``."""
-
-    __slots__ = ()
 
 
 class PreparableRequest:

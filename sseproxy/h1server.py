@@ -267,16 +267,6 @@ class LeanProtocol(ServerProtocol):
         if len(self._waiting) <= MAX_WAITING:
             self._resume_transport_reading()
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.flow is not None:
-            self.flow.client_paused()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.flow is not None:
-            self.flow.client_resumed()
-
     # -- answering ---------------------------------------------------------------------------------
     def _start_next(self) -> None:
         if self._task is not None or not self._waiting or self.transport is None:

@@ -25,7 +25,7 @@ import yaml
 from helpers import WAIT, free_port
 from procs import run_cli, sseproxy_process
 from redis_server import redis_server
-from test_doctor_culprits import nginx_binary, require
+from test_doctor_culprits import nginx_binary, nginx_conf, require
 
 from sseproxy import demo
 from sseproxy.loader import load
@@ -167,21 +167,8 @@ async def test_kubernetes_resume_runs_2_replicas_on_one_redis_only_they_reach(tm
         [proxy["spec"]["template"]["metadata"]["labels"]]
 
 
-NGINX_MAIN = """daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
-  include {prefix}/default.conf;
-}}
-"""  # what the nginx image's nginx.conf does: conf.d/*.conf inside http, here with paths a test may write
+# what the nginx image's nginx.conf does (conf.d/*.conf inside http), with paths a test may write
+NGINX_MAIN_HTTP = "  include {prefix}/default.conf;"
 
 
 def swapped(text: str, swaps: dict[str, str]) -> str:
@@ -202,7 +189,7 @@ async def nginx_running(conf: str, prefix: Path) -> AsyncIterator[str]:
     prefix.mkdir()
     port = free_port()
     (prefix / "default.conf").write_text(conf.replace("{port}", str(port)))
-    (prefix / "nginx.conf").write_text(NGINX_MAIN.format(prefix=prefix))
+    (prefix / "nginx.conf").write_text(nginx_conf(prefix, NGINX_MAIN_HTTP.format(prefix=prefix)))
     args = ["-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", "stderr"]
     test = subprocess.run([binary, "-t", *args], capture_output=True, text=True, timeout=30)
     assert test.returncode == 0, test.stderr

@@ -39,7 +39,10 @@ app.get('/events', (req, res) => {
 });
 const server = app.listen(0, '127.0.0.1', () => console.log(`listening ${server.address().port}`));
 """
-NGINX_CONF = """daemon off;
+def nginx_conf(prefix: Path, http: str) -> str:
+    """A whole nginx.conf for a test's own nginx: one worker, in the foreground, every path under
+    ``prefix``, no access log, with ``http`` (server blocks or an include) inside ``http {}``."""
+    return f"""daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log stderr warn;
@@ -51,15 +54,18 @@ http {{
   fastcgi_temp_path {prefix}/fastcgi;
   uwsgi_temp_path {prefix}/uwsgi;
   scgi_temp_path {prefix}/scgi;
-  server {{
+{http}
+}}
+"""
+
+
+BUFFERING_SERVER = """  server {{
     listen 127.0.0.1:{port};
     location / {{
       proxy_pass http://127.0.0.1:{upstream};
       proxy_buffering on;
     }}
-  }}
-}}
-"""
+  }}"""
 
 
 def node_path() -> str:
@@ -103,8 +109,8 @@ async def express_server(tmp_path: Path) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def nginx_in_front(binary: str, upstream: str, prefix: Path) -> AsyncIterator[str]:
     port = free_port()
-    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port,
-                                                         upstream=upstream.rsplit(":", 1)[1]))
+    server = BUFFERING_SERVER.format(port=port, upstream=upstream.rsplit(":", 1)[1])
+    (prefix / "nginx.conf").write_text(nginx_conf(prefix, server))
     proc = await asyncio.create_subprocess_exec(binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                                                 "-e", "stderr", stderr=asyncio.subprocess.PIPE)
     try:
