@@ -59,5 +59,13 @@ class HookFactory(Protocol):
         """A hook for this exchange, or ``None`` when the feature does not apply to it."""
 
 
+def meters_upstream(hook: Hook) -> bool:
+    """Whether ``hook`` meters what the upstream sent (usage) rather than what a client was written.
+    On a resumable stream the two differ: several clients may follow it, and a resume replays what
+    was sent before; such a hook (a class with ``meters_upstream = True``) is fed each event of the
+    upstream once, by the stream's producer, whichever clients follow."""
+    return getattr(hook, "meters_upstream", False) is True
+
+
 def open_hooks(factories: Sequence[HookFactory], info: ExchangeInfo) -> tuple[Hook, ...]:
     return tuple(h for f in factories if (h := f.open(info)) is not None)

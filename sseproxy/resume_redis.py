@@ -5,6 +5,12 @@ its kind) and a metadata hash (response head, token hash, first kept and last ev
 ``ttl`` after the end (and an hour after the last write while live, so a replica that died leaves
 nothing behind for long). Keys name the SHA-256 of the stream id, never the id.
 
+A client following a stream on a replica that does not produce it keeps it attached there: while it
+follows, it holds a mark in the stream's followers (a sorted set: follower -> until when, on Redis's
+clock, refreshed every ``FOLLOW_REFRESH`` and set to "now" when it leaves). The producing replica
+reads the latest mark before its detach clock cancels the upstream: a mark in the future is a client
+attached, one in the past is when the last one left.
+
 The producing replica keeps a memory copy of its own streams: its followers read that, never poll
 Redis, and the producer never waits for Redis. One writer task per store sends what the producers
 append, in batches, in a MULTI/EXEC each. When Redis cannot be reached at a stream's start, the store
@@ -19,6 +25,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,6 +40,20 @@ MAX_BLOCK = 4.0          # longest XREAD BLOCK, under the socket timeout
 SOCKET_TIMEOUT = 10.0
 WRITE_BATCH = 512        # operations per MULTI/EXEC: bounds one transaction's size
 FAILURES = (RedisError, OSError)
+FOLLOW_LEASE = 10.0      # seconds a follower's mark outlives its last refresh (a replica that died mid-follow)
+FOLLOW_REFRESH = 3.0     # seconds between a follower's refreshes of its mark
+
+_NOW_MS = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+# KEYS[1] followers; ARGV: follower id, lease ms, key expiry ms. Marks of followers gone are dropped:
+# one is attached now, so when the last one left no longer matters (the set stays small).
+_ATTACH = _NOW_MS + """redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])"""
+_LEAVE = _NOW_MS + "redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])"  # its mark says when it left
+# Milliseconds since the latest mark (negative: a follower is attached), or nil when there is none.
+_SINCE = _NOW_MS + """local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last == 0 then return false end
+return now - tonumber(last[2])"""
 
 
 class RedisStore:
@@ -45,12 +67,20 @@ class RedisStore:
         self._ttls: dict[str, float] = {}                 # live streams' ttl, by sid
         self._last: dict[str, int] = {}                   # live streams' last event, by sid
         self._broken: set[str] = set()                    # streams whose Redis copy has a gap: deleted
+        self._leaving: set[asyncio.Task[None]] = set()    # followers' last writes, awaited at close
+        self._attach = self.redis.register_script(_ATTACH)
+        self._leave = self.redis.register_script(_LEAVE)
+        self._since = self.redis.register_script(_SINCE)
         self.down = False
 
     @staticmethod
     def _keys(sid: str) -> tuple[str, str]:
         key = f"sseproxy:resume:{stream_key(sid)}"
         return f"{key}:meta", f"{key}:events"
+
+    @staticmethod
+    def _followers(sid: str) -> str:
+        return f"sseproxy:resume:{stream_key(sid)}:followers"
 
     def _failed(self, exc: BaseException) -> None:
         if not self.down:
@@ -82,11 +112,16 @@ class RedisStore:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
 
-    def append(self, sid: str, n: int, data: bytes) -> None:
-        self.memory.append(sid, n, data)
-        self._last[sid] = n
-        self._ops.append(("add", sid, (n, data)))
-        self._wake.set()
+    def appender(self, sid: str) -> Callable[[int, bytes], None]:
+        local = self.memory.appender(sid)
+
+        def append(n: int, data: bytes) -> None:
+            local(n, data)
+            self._last[sid] = n
+            self._ops.append(("add", sid, (n, data)))
+            self._wake.set()
+
+        return append
 
     def end(self, sid: str, end: End) -> None:
         self.memory.end(sid, end)
@@ -161,6 +196,9 @@ class RedisStore:
         return Info(Head(status, reason, tuple((k, v) for k, v in headers)), token.decode(), int(last or 0),
                     End(end.decode()) if end else None)
 
+    def read_now(self, sid: str, after: int) -> Batch | None:
+        return self.memory.read_now(sid, after) if self.memory.local(sid) else None
+
     async def read(self, sid: str, after: int, wait: float) -> Batch:
         if self.memory.local(sid):
             return await self.memory.read(sid, after, wait)
@@ -181,7 +219,46 @@ class RedisStore:
             raise StoreUnavailable(str(exc)) from None
         return _batch(entries, after)
 
+    # -- followers on other replicas ----------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def following(self, sid: str) -> AsyncIterator[None]:
+        if self.memory.local(sid):  # produced here: its producer counts this follower itself
+            yield
+            return
+        key, follower = self._followers(sid), secrets.token_hex(8)
+        args: list[str | int] = [follower, int(FOLLOW_LEASE * 1000), int(LIVE_EXPIRY * 1000)]
+        with contextlib.suppress(*FAILURES):  # Redis down: the reads fail and say so
+            await self._attach(keys=[key], args=args)
+        keeper = asyncio.create_task(self._keep(key, args))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            leave = asyncio.create_task(self._left(key, follower))  # not awaited: the handler may be cancelled
+            self._leaving.add(leave)
+            leave.add_done_callback(self._leaving.discard)
+
+    async def _keep(self, key: str, args: list[str | int]) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_REFRESH)
+            with contextlib.suppress(*FAILURES):
+                await self._attach(keys=[key], args=args)
+
+    async def _left(self, key: str, follower: str) -> None:
+        with contextlib.suppress(*FAILURES):
+            await self._leave(keys=[key], args=[follower])
+
+    async def followed_elsewhere(self, sid: str) -> float | None:
+        try:
+            since: Any = await self._since(keys=[self._followers(sid)])
+        except FAILURES as exc:
+            self._failed(exc)
+            return None
+        return None if since is None else int(since) / 1000
+
     async def close(self) -> None:
+        if self._leaving:
+            await asyncio.wait(self._leaving, timeout=2.0)
         if self._writer is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), 2.0)

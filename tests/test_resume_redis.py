@@ -1,14 +1,16 @@
 """Resumable streams on Redis: two proxies (two replicas) sharing one real redis-server. A stream
-started on A is resumed from B; with Redis stopped, new streams still relay (without ids) and a
-resume gets 503."""
+started on A is resumed from B; a client following on B keeps A's upstream attached; with Redis
+stopped, new streams still relay (without ids) and a resume gets 503."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
-from helpers import raw_request, running_app, running_proxy
+from helpers import WAIT, raw_request, running_app, running_proxy
+from procs import read_lines_until, sseproxy_process
 from redis_server import redis_server
 from test_resume import Upstream, event, next_event, start, stored
 
@@ -72,3 +74,38 @@ async def test_redis_down_streams_relay_without_ids_and_resumes_get_503(tmp_path
             assert await plain.next_chunk() is None
         warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
         assert len(warnings) == 2  # logged once per replica, not per stream or per event
+
+
+async def test_a_follower_on_another_replica_keeps_the_stream_attached_until_it_leaves(tmp_path: Path) -> None:
+    """Two sseproxy processes, one Redis, ``detach: 1s``. A client follows on B a stream produced on
+    A, and A's client hangs up: A's detach clock runs out, A finds B's follower in Redis and keeps
+    the upstream (its log says so); the stream goes on to B. Once B's client leaves too, A cancels
+    the upstream one ``detach`` later."""
+    upstream = Upstream()
+    async with redis_server(tmp_path) as redis, running_app(upstream.app()) as url:
+        config = tmp_path / "replica.yaml"  # JSON is YAML
+        config.write_text(json.dumps({"listen": "127.0.0.1:0", "heartbeat": 30, "routes": [
+            {"upstream": url, "resume": {"store": redis.url, "detach": "1s"}}]}))
+        async with sseproxy_process("serve", "--config", str(config)) as (proc_a, a), \
+                sseproxy_process("serve", "--config", str(config)) as (_, b):
+            assert proc_a.stderr is not None
+            first, sid = await start(upstream, a)
+            for i in (1, 2):
+                upstream.gate.release(event(i))
+                assert await next_event(first) == (sid, i, f"token {i}")
+            on_b = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.2"})
+            assert on_b.status == 200  # B has marked its follower in Redis before its response head
+            first.close()  # A has no client now: its detach clock runs
+
+            await read_lines_until(proc_a.stderr, "follows it on another replica: kept")  # it ran out, A asked Redis
+            assert not upstream.closed.is_set()
+            upstream.gate.release(event(3))
+            assert await next_event(on_b) == (sid, 3, "token 3")  # the stream went on, to B
+
+            on_b.close()  # the last client anywhere leaves: A cancels the upstream one detach later
+            await asyncio.wait_for(upstream.closed.wait(), WAIT)
+            late = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.3"})
+            assert late.status == 200
+            error = await late.next_event()
+            assert error.startswith(b"event: error\n") and b'"detached"' in error
+            assert len(upstream.requests) == 1
