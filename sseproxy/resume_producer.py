@@ -24,7 +24,7 @@ from .aiohttp_internals import fail_body_when_connection_drops, stop_read_timeou
 from .decoding import DecodeError
 from .errors import Detached, ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
 from .exchange import Exchange
-from .framing import LINE_END, MAX_FRAME, SSE_BOUNDARY, SseFramer
+from .framing import LINE_END, MAX_FRAME, SSE_BOUNDARY, SseFramer, StreamKind, count_frames
 from .hooks import Hook, meters_upstream
 from .plan import StreamPlan
 from .relay_policy import error_frame
@@ -65,13 +65,24 @@ def with_id(frame: bytes, event_id: str) -> bytes | None:
     return eol.join([*kept, b"id: " + event_id.encode()]) + eol + eol
 
 
-def plain_event(out: bytes, frames: int) -> bool:
-    """Whether ``out``, in which the framer counted ``frames`` events, is one event that ``with_id``
-    would only append to: it ends in a field line and LF LF, its first line is no comment (a
-    comment-only frame starts with one), it has no CR and no line starting ``id``. Most events of
-    most streams are: they then cost one bytes format instead of a split and a join."""
-    return (frames == 1 and len(out) > 2 and out[0] != 58 and out.endswith(b"\n\n") and out[-3] != 10
-            and not out.startswith(b"id") and b"\r" not in out and b"\nid" not in out)
+class EventFramer(SseFramer):
+    """The SSE framer, also saying whether what it returned last had LF line endings only: it
+    looks for a CR to count events anyway, so the producer need not look again."""
+
+    lf_only = True
+
+    def _count(self, data: bytes | bytearray) -> int:
+        self.lf_only = b"\r" not in data
+        return data.count(b"\n\n") if self.lf_only else count_frames(StreamKind.SSE, data)
+
+
+def plain_event(out: bytes, frames: int, lf_only: bool) -> bool:
+    """Whether ``out``, in which the framer counted ``frames`` events (``lf_only``: and no CR), is
+    one event that ``with_id`` would only append to: it ends in a field line and LF LF, its first
+    line is no comment (a comment-only frame starts with one), and no line starts with ``id``. Most
+    events of most streams are: they then cost one bytes format instead of a split and a join."""
+    return (frames == 1 and lf_only and len(out) > 2 and out[0] != 58 and out[0] != 10 and out.endswith(b"\n\n")
+            and out[-3] != 10 and not out.startswith(b"id") and b"\nid" not in out)
 
 
 class LiveFollower(Protocol):
@@ -102,7 +113,7 @@ class Producer:
         self._id_prefix = b"id: " + sid.encode() + b"."
         self._upstream = upstream
         self._decoder = plan.decoder
-        self._framer = SseFramer(max_frame=max(MAX_FRAME, settings.max_bytes))
+        self._framer = EventFramer(max_frame=max(MAX_FRAME, settings.max_bytes))
         self._settings = settings
         self._label = exchange.matched.label
         self._idle = exchange.matched.timeouts.idle
@@ -229,7 +240,7 @@ class Producer:
         """Number, push and store the events the framer completed in one read. Followers are
         written to first: storing and metering are not on the way to the client."""
         first = self.n + 1
-        if not self._comments and plain_event(out, frames):
+        if not self._comments and plain_event(out, frames, self._framer.lf_only):
             data = b"%b%b%d\n\n" % (out[:-1], self._id_prefix, first)
             events = None
         else:

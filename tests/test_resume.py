@@ -16,7 +16,7 @@ from aiohttp import web
 from helpers import WAIT, Gate, RawResponse, Truncated, raw_request, running_app, running_proxy
 
 from sseproxy.resume import parse_last_event_id
-from sseproxy.resume_producer import split_frames, with_id
+from sseproxy.resume_producer import EventFramer, plain_event, split_frames, with_id
 from sseproxy.resume_store import End, Head, MemoryStore
 from sseproxy.runtime import Runtime
 
@@ -208,6 +208,24 @@ def test_with_id_keeps_line_endings_and_replaces_the_upstream_id() -> None:
     assert with_id(b"data: x\rid\r\r", "s.2") == b"data: x\rid: s.2\r\r"
     assert with_id(b": comment\n\n", "s.3") is None
     assert split_frames(b"data: a\n\ndata: b\r\n\r\n\n") == [b"data: a\n\n", b"data: b\r\n\r\n\n"]
+
+
+def test_the_fast_path_numbers_an_event_exactly_as_with_id_does() -> None:
+    """Most events take one bytes format (plain_event); whatever the framer returns, it is taken
+    only where it gives what the general with_id gives."""
+    pieces = [b"data: x\n\n", b'data: {"id": 1}\n\n', b"event: a\ndata: x\n\n", b"id: 7\ndata: x\n\n",
+              b"data: x\nid: 7\n\n", b"data: x\nid\n\n", b"data: x\r\n\r\n", b"data: x\rid: 7\n\n",
+              b"data: a\n\ndata: b\n\n", b"data: x\n\n\n", b": c\ndata: x\n\n", b": c\n\n", b"\n\n",
+              b"\ndata: x\n\n", b"retry: 5\n\n"]
+    taken = 0
+    for piece in pieces:
+        framer = EventFramer()
+        out = framer.feed(piece)
+        assert out == piece
+        if plain_event(out, framer.frames, framer.lf_only):
+            taken += 1
+            assert out[:-1] + b"id: s.1\n\n" == with_id(out, "s.1"), piece
+    assert taken == 4  # the first three and retry: every other one takes the general path
 
 
 def test_last_event_id_is_only_ours() -> None:
