@@ -70,8 +70,9 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
 class Follower:
     """One client's position in a stream, and its way of writing."""
 
-    __slots__ = ("_chunked", "_hooks", "_protocol", "_woken", "after", "bytes", "events", "exchange", "first_write",
-                 "key", "last_write", "loop", "replay_until", "replayed", "response", "runtime", "sid", "store")
+    __slots__ = ("_chunked", "_hooks", "_protocol", "_transport", "_woken", "after", "bytes", "events", "exchange",
+                 "first_write", "key", "last_write", "loop", "replay_until", "replayed", "response", "runtime", "sid",
+                 "store")
 
     def __init__(self, exchange: Exchange, runtime: Runtime, response: web.StreamResponse, store: Store, sid: str,
                  after: int, replay_until: int | None):
@@ -93,23 +94,21 @@ class Follower:
         protocol = exchange.request.protocol
         self._protocol = protocol if isinstance(protocol, ProxyProtocol) else None
         self._chunked = False
+        self._transport: asyncio.Transport | None = None  # the client's, once the head is out
         self._woken: asyncio.Future[None] | None = None
 
     # -- writing ---------------------------------------------------------------------------------
     def _direct(self, data: bytes) -> bool:
         """Writes to the client's transport as a chunk and says so, or says it cannot (paused,
         closing): then ``StreamResponse.write`` waits for the client to drain."""
-        protocol = self._protocol
-        if protocol is None or protocol.writing_paused:
-            return False
-        transport = protocol.transport
-        if transport is None or transport.is_closing():
+        protocol, transport = self._protocol, self._transport
+        if protocol is None or protocol.writing_paused or transport is None or transport.is_closing():
             return False
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         return True
 
     def _sent(self, last: int, data: bytes, count: int, now: float) -> None:
-        if not self.events:
+        if self.first_write is None:
             self.first_write = now
         self.last_write = now
         self.after = last
@@ -120,13 +119,13 @@ class Follower:
 
     # -- LiveFollower: the producer's pushes -----------------------------------------------------
     def push(self, first: int, last: int, data: bytes, now: float) -> None:
-        protocol = self._protocol  # _direct inlined: this is per event and per follower
-        transport = protocol.transport if protocol is not None and not protocol.writing_paused else None
-        if first != self.after + 1 or transport is None or transport.is_closing():
+        protocol, transport = self._protocol, self._transport  # _direct and _sent inlined: per event
+        if (first != self.after + 1 or protocol is None or protocol.writing_paused or transport is None
+                or transport.is_closing()):
             self.wake()  # behind or slow: read from the store
             return
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        if not self.events:  # _sent inlined, as above
+        if self.first_write is None:
             self.first_write = now
         self.last_write = now
         self.after = last
@@ -158,6 +157,7 @@ class Follower:
         """The response head, then the stream from this follower's position to its end."""
         await self.response.prepare(self.exchange.request)
         self._chunked = "chunked" in self.response.headers.get("Transfer-Encoding", "")  # as prepare() chose
+        self._transport = self.exchange.request.transport
         heartbeat = self.exchange.matched.heartbeat
         record = self.exchange.record
         while True:

@@ -77,12 +77,13 @@ class EventFramer(SseFramer):
 
 
 def plain_event(out: bytes, frames: int, lf_only: bool) -> bool:
-    """Whether ``out``, in which the framer counted ``frames`` events (``lf_only``: and no CR), is
-    one event that ``with_id`` would only append to: it ends in a field line and LF LF, its first
-    line is no comment (a comment-only frame starts with one), and no line starts with ``id``. Most
-    events of most streams are: they then cost one bytes format instead of a split and a join."""
-    return (frames == 1 and lf_only and len(out) > 2 and out[0] != 58 and out[0] != 10 and out.endswith(b"\n\n")
-            and out[-3] != 10 and not out.startswith(b"id") and b"\nid" not in out)
+    """Whether ``out``, as an ``EventFramer`` returned it (it ends with a blank line), in which it
+    counted ``frames`` events and ``lf_only`` says it saw no CR, is one event that ``with_id`` would
+    only append to: its first line is no comment (a comment-only frame starts with one) nor blank,
+    it ends with one blank line, and no line starts with ``id``. Most events of most streams are:
+    they then cost one bytes format instead of a split and a join."""
+    return (frames == 1 and lf_only and out[0] not in b":\n" and out[-3] != 10 and not out.startswith(b"id")
+            and b"\nid" not in out)
 
 
 class LiveFollower(Protocol):
@@ -238,28 +239,29 @@ class Producer:
 
     def _frames(self, out: bytes, frames: int, now: float) -> None:
         """Number, push and store the events the framer completed in one read. Followers are
-        written to first: storing and metering are not on the way to the client."""
+        written to first: storing and metering are not on the way to the client. A push never
+        changes ``live``: a follower leaves it from its own task."""
         first = self.n + 1
         if not self._comments and plain_event(out, frames, self._framer.lf_only):
             data = b"%b%b%d\n\n" % (out[:-1], self._id_prefix, first)
-            events = None
+            self.n = first
+            for follower in self.live:
+                follower.push(first, first, data, now)
+            self._append(first, data)
         else:
             events = self._numbered(out, first)
             if not events:
                 return  # comments only: they ride with the next event
             data = events[0] if len(events) == 1 else b"".join(events)
-        last = self.n = first if events is None else first + len(events) - 1
-        for follower in self.live:  # a push never changes the set: a follower leaves it from its own task
-            follower.push(first, last, data, now)
-        if events is None:
-            self._append(first, data)
-        else:
+            self.n = first + len(events) - 1
+            for follower in self.live:
+                follower.push(first, self.n, data, now)
             for n, event in enumerate(events, first):
                 self._append(n, event)
         for hook in self._meters:
             hook.data(data, now)
-        if last >= self._gauge_at:  # the gauge sums every store: not once per event
-            self._gauge_at = last + GAUGE_EVERY
+        if self.n >= self._gauge_at:  # the gauge sums every store: not once per event
+            self._gauge_at = self.n + GAUGE_EVERY
             self._runtime.resume_stores.publish(self._runtime.metrics.resume_store_bytes, now)
 
     def _numbered(self, out: bytes, first: int) -> list[bytes]:

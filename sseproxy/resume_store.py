@@ -286,13 +286,15 @@ class MemoryStore:
 
     def read_now(self, sid: str, after: int) -> Batch:
         stream = self._get(sid)
-        if stream is None or after < stream.first - 1 or after > stream.last:
+        if stream is None:
             return GONE
-        if after == stream.last:
+        index = after - stream.base  # of the event after ``after``
+        if index < stream.start or index > len(stream.events):
+            return GONE
+        if index == len(stream.events):
             return NOTHING_YET if stream.end is None else Batch(end=stream.end)
-        index = after - stream.base
         events = tuple(enumerate(stream.events[index:index + READ_MAX], after + 1))
-        return Batch(events, end=stream.end if events[-1][0] == stream.last else None)
+        return Batch(events, end=stream.end if index + len(events) == len(stream.events) else None)
 
     async def read(self, sid: str, after: int, wait: float) -> Batch:
         batch = self.read_now(sid, after)
