@@ -103,6 +103,7 @@ class RedisStore:
                 pipe.hset(meta, mapping=fields)
                 pipe.expire(meta, int(ttl + LIVE_EXPIRY))
                 await pipe.execute()
+            _honour_cancel()
         except FAILURES as exc:
             self._failed(exc)
             raise StoreUnavailable(str(exc)) from None
@@ -186,6 +187,7 @@ class RedisStore:
         meta, _ = self._keys(sid)
         try:
             found: Any = await self.redis.hmget(meta, ["head", "token", "last", "end"])
+            _honour_cancel()
             head, token, last, end = found
         except FAILURES as exc:
             self._failed(exc)
@@ -208,11 +210,13 @@ class RedisStore:
                 pipe.hmget(meta, ["first", "last"])
                 pipe.xrange(events, min=f"({after}-0", count=READ_MAX)
                 (first, last), entries = await pipe.execute()
+            _honour_cancel()
             if first is None or after < int(first) - 1 or after > int(last):
                 return Batch(gone=True)
             if not entries and wait > 0:
                 found: Any = await self.redis.xread({events: f"{after}-0"}, count=READ_MAX,
                                                block=max(1, int(min(wait, MAX_BLOCK) * 1000)))
+                _honour_cancel()
                 entries = found[0][1] if found else []  # RESP2: [[key, entries]]
         except FAILURES as exc:
             self._failed(exc)
@@ -229,6 +233,7 @@ class RedisStore:
         args: list[str | int] = [follower, int(FOLLOW_LEASE * 1000), int(LIVE_EXPIRY * 1000)]
         with contextlib.suppress(*FAILURES):  # Redis down: the reads fail and say so
             await self._attach(keys=[key], args=args)
+        _honour_cancel()
         keeper = asyncio.create_task(self._keep(key, args))
         try:
             yield
@@ -272,6 +277,16 @@ class RedisStore:
     async def _drained(self) -> None:
         while self._ops:
             await asyncio.sleep(0.01)
+
+
+def _honour_cancel() -> None:
+    """redis-py (8.1 too) can swallow a cancellation that lands while a command is under way: the
+    command returns as if nothing happened (redis-py issues 2028, 2551). The task still counts the
+    request, so a handler whose client hung up raises it here, after the command, instead of
+    following a stream for nobody (and keeping it attached on its producing replica)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _batch(entries: list[tuple[bytes, dict[bytes, bytes]]], after: int) -> Batch:

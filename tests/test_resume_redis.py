@@ -14,6 +14,9 @@ from procs import read_lines_until, sseproxy_process
 from redis_server import redis_server
 from test_resume import Upstream, event, next_event, start, stored
 
+from sseproxy.resume_redis import RedisStore
+from sseproxy.resume_store import Head, MemoryStore
+
 
 async def test_a_stream_started_on_one_replica_is_resumed_on_another(tmp_path: Path) -> None:
     upstream = Upstream()
@@ -109,3 +112,37 @@ async def test_a_follower_on_another_replica_keeps_the_stream_attached_until_it_
             error = await late.next_event()
             assert error.startswith(b"event: error\n") and b'"detached"' in error
             assert len(upstream.requests) == 1
+
+
+async def test_a_remote_read_ends_when_its_task_is_cancelled_wherever_the_cancel_lands(tmp_path: Path) -> None:
+    """redis-py can swallow a cancellation that lands mid-command; a follower whose client hung up
+    must end anyway (else it follows for nobody and keeps the stream attached on its producer). The
+    cancel lands at a different point of the read loop each time; every time, the task ends."""
+    async with redis_server(tmp_path) as redis:
+        producing = RedisStore(redis.url, MemoryStore(1 << 20))
+        following = RedisStore(redis.url, MemoryStore(1 << 20))
+        sid = "R" * 24
+        await producing.create(sid, Head(200, "OK", ()), "", 1 << 20, 60)
+        append = producing.appender(sid)
+
+        async def follow(after: int, read_one: asyncio.Event) -> None:
+            while True:
+                batch = await following.read(sid, after, 30)
+                if batch.events:
+                    after = batch.events[-1][0]
+                    read_one.set()
+
+        try:
+            for n in range(1, 41):
+                read_one = asyncio.Event()
+                task = asyncio.create_task(follow(n - 1, read_one))
+                append(n, b"data: x\n\n")
+                await asyncio.wait_for(read_one.wait(), WAIT)  # the next read has started, or is about to
+                for _ in range(n % 8):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, WAIT)
+        finally:
+            await following.close()
+            await producing.close()
