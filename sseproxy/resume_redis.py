@@ -26,8 +26,8 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,6 +40,7 @@ MAX_BLOCK = 4.0          # longest XREAD BLOCK, under the socket timeout
 SOCKET_TIMEOUT = 10.0
 WRITE_BATCH = 512        # operations per MULTI/EXEC: bounds one transaction's size
 FAILURES = (RedisError, OSError)
+T = TypeVar("T")
 FOLLOW_LEASE = 10.0      # seconds a follower's mark outlives its last refresh (a replica that died mid-follow)
 FOLLOW_REFRESH = 3.0     # seconds between a follower's refreshes of its mark
 
@@ -99,11 +100,7 @@ class RedisStore:
         fields: Any = {  # redis-py types a mapping invariantly: any dict of these is refused
             "head": json.dumps([head.status, head.reason, head.headers]), "token": token_hash, "first": 1, "last": 0}
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(meta, mapping=fields)
-                pipe.expire(meta, int(ttl + LIVE_EXPIRY))
-                await pipe.execute()
-            _honour_cancel()
+            await _apart(self._create(meta, fields, int(ttl + LIVE_EXPIRY)))
         except FAILURES as exc:
             self._failed(exc)
             raise StoreUnavailable(str(exc)) from None
@@ -112,6 +109,12 @@ class RedisStore:
         self._ttls[sid] = ttl
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
+
+    async def _create(self, meta: str, fields: Any, expiry: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(meta, mapping=fields)
+            pipe.expire(meta, expiry)
+            await pipe.execute()
 
     def appender(self, sid: str) -> Callable[[int, bytes], None]:
         local = self.memory.appender(sid)
@@ -186,8 +189,7 @@ class RedisStore:
             return await self.memory.info(sid)
         meta, _ = self._keys(sid)
         try:
-            found: Any = await self.redis.hmget(meta, ["head", "token", "last", "end"])
-            _honour_cancel()
+            found: Any = await _apart(self.redis.hmget(meta, ["head", "token", "last", "end"]))
             head, token, last, end = found
         except FAILURES as exc:
             self._failed(exc)
@@ -204,24 +206,26 @@ class RedisStore:
     async def read(self, sid: str, after: int, wait: float) -> Batch:
         if self.memory.local(sid):
             return await self.memory.read(sid, after, wait)
-        meta, events = self._keys(sid)
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(meta, ["first", "last"])
-                pipe.xrange(events, min=f"({after}-0", count=READ_MAX)
-                (first, last), entries = await pipe.execute()
-            _honour_cancel()
-            if first is None or after < int(first) - 1 or after > int(last):
-                return Batch(gone=True)
-            if not entries and wait > 0:
-                found: Any = await self.redis.xread({events: f"{after}-0"}, count=READ_MAX,
-                                               block=max(1, int(min(wait, MAX_BLOCK) * 1000)))
-                _honour_cancel()
-                entries = found[0][1] if found else []  # RESP2: [[key, entries]]
+            return await _apart(self._read(sid, after, wait))
         except FAILURES as exc:
             self._failed(exc)
             raise StoreUnavailable(str(exc)) from None
+
+    async def _read(self, sid: str, after: int, wait: float) -> Batch:
+        meta, events = self._keys(sid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, ["first", "last"])
+            pipe.xrange(events, min=f"({after}-0", count=READ_MAX)
+            (first, last), entries = await pipe.execute()
+        if first is None or after < int(first) - 1 or after > int(last):
+            return Batch(gone=True)
+        if not entries and wait > 0:
+            found: Any = await self.redis.xread({events: f"{after}-0"}, count=READ_MAX,
+                                           block=max(1, int(min(wait, MAX_BLOCK) * 1000)))
+            entries = found[0][1] if found else []  # RESP2: [[key, entries]]
         return _batch(entries, after)
+
 
     # -- followers on other replicas ----------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -232,8 +236,7 @@ class RedisStore:
         key, follower = self._followers(sid), secrets.token_hex(8)
         args: list[str | int] = [follower, int(FOLLOW_LEASE * 1000), int(LIVE_EXPIRY * 1000)]
         with contextlib.suppress(*FAILURES):  # Redis down: the reads fail and say so
-            await self._attach(keys=[key], args=args)
-        _honour_cancel()
+            await _apart(self._attach(keys=[key], args=args))
         keeper = asyncio.create_task(self._keep(key, args))
         try:
             yield
@@ -279,14 +282,26 @@ class RedisStore:
             await asyncio.sleep(0.01)
 
 
-def _honour_cancel() -> None:
-    """redis-py (8.1 too) can swallow a cancellation that lands while a command is under way: the
-    command returns as if nothing happened (redis-py issues 2028, 2551). The task still counts the
-    request, so a handler whose client hung up raises it here, after the command, instead of
-    following a stream for nobody (and keeping it attached on its producing replica)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+async def _apart(command: Awaitable[T]) -> T:
+    """A command of the request path, in a task of its own: the handler's cancellation (its client
+    hung up) ends the handler at once. redis-py (8.1 too) can swallow a cancellation that lands while
+    a command is under way, and the command then returns as if nothing happened (redis-py issues
+    2028, 2551): a follower on another replica would go on reading for nobody, and keep the stream
+    attached on its producing replica. The command itself is cancelled too; if that is swallowed,
+    it ends by itself (an XREAD within ``MAX_BLOCK``) and its answer is dropped."""
+    task = asyncio.ensure_future(command)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_dropped)
+        raise
+
+
+def _dropped(task: asyncio.Future[Any]) -> None:
+    """The answer (or failure) of a command whose caller was cancelled: nobody needs it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _batch(entries: list[tuple[bytes, dict[bytes, bytes]]], after: int) -> Batch:

@@ -117,7 +117,8 @@ async def test_a_follower_on_another_replica_keeps_the_stream_attached_until_it_
 async def test_a_remote_read_ends_when_its_task_is_cancelled_wherever_the_cancel_lands(tmp_path: Path) -> None:
     """redis-py can swallow a cancellation that lands mid-command; a follower whose client hung up
     must end anyway (else it follows for nobody and keeps the stream attached on its producer). The
-    cancel lands at a different point of the read loop each time; every time, the task ends."""
+    cancel lands at a different point of the read loop each time; every time, the task ends
+    cancelled (without the store's care, about half go on reading)."""
     async with redis_server(tmp_path) as redis:
         producing = RedisStore(redis.url, MemoryStore(1 << 20))
         following = RedisStore(redis.url, MemoryStore(1 << 20))
@@ -141,8 +142,8 @@ async def test_a_remote_read_ends_when_its_task_is_cancelled_wherever_the_cancel
                 for _ in range(n % 8):
                     await asyncio.sleep(0)
                 task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await asyncio.wait_for(task, WAIT)
+                await asyncio.wait({task}, timeout=WAIT)  # bounded, and never cancels it again
+                assert task.cancelled(), f"read {n} went on after its cancellation"
         finally:
             await following.close()
             await producing.close()
