@@ -59,12 +59,16 @@ class HookFactory(Protocol):
         """A hook for this exchange, or ``None`` when the feature does not apply to it."""
 
 
-def meters_upstream(hook: Hook) -> bool:
-    """Whether ``hook`` meters what the upstream sent (usage) rather than what a client was written.
-    On a resumable stream the two differ: several clients may follow it, and a resume replays what
-    was sent before; such a hook (a class with ``meters_upstream = True``) is fed each event of the
-    upstream once, by the stream's producer, whichever clients follow."""
-    return getattr(hook, "meters_upstream", False) is True
+def split_upstream(hooks: tuple[Hook, ...]) -> tuple[tuple[Hook, ...], tuple[Hook, ...]]:
+    """The hooks that meter what the upstream sent (usage: a class with ``meters_upstream = True``)
+    and the others, which see what a client was written. On a resumable stream the two differ:
+    several clients may follow it, and a resume replays what was sent before; the meters are fed
+    each event of the upstream once, by the stream's producer, whichever clients follow."""
+    meters: list[Hook] = []
+    others: list[Hook] = []
+    for hook in hooks:
+        (meters if getattr(hook, "meters_upstream", False) is True else others).append(hook)
+    return tuple(meters), tuple(others)
 
 
 def open_hooks(factories: Sequence[HookFactory], info: ExchangeInfo) -> tuple[Hook, ...]:

@@ -24,6 +24,7 @@ from . import cors, h1
 from .auth import presented_token
 from .errors import ResumeUnavailable, StreamGone
 from .exchange import Exchange
+from .hooks import split_upstream
 from .plan import StreamPlan
 from .requestid import HEADER as REQUEST_ID
 from .resume_follow import HEADER, follow
@@ -58,10 +59,11 @@ async def serve(exchange: Exchange, runtime: Runtime, upstream: h1.H1Response | 
     except StoreUnavailable:
         runtime.metrics.resume_store_errors.inc()
         return None
-    producer = Producer(runtime, exchange, store, sid, upstream, plan, settings)
+    meters, watchers = split_upstream(exchange.hooks)
+    producer = Producer(runtime, exchange, store, sid, upstream, plan, settings, meters)
     producer.start()
     exchange.record.stream_id = producer.key[:12]
-    return await follow(exchange, runtime, store, sid, 0, head, producer, replay_until=None)
+    return await follow(exchange, runtime, store, sid, 0, head, producer, None, watchers)
 
 
 async def resume_request(exchange: Exchange, runtime: Runtime) -> web.StreamResponse | None:
@@ -96,7 +98,8 @@ async def resume_request(exchange: Exchange, runtime: Runtime) -> web.StreamResp
         return web.Response(status=204, headers=headers)
     runtime.metrics.resumes.labels(label, "ok").inc()
     producer = runtime.resume_stores.producers.get(stream_key(sid))
-    return await follow(exchange, runtime, store, sid, after, info.head, producer, replay_until=info.last)
+    _, watchers = split_upstream(exchange.hooks)  # usage is never fed a replay: the producer meters the upstream
+    return await follow(exchange, runtime, store, sid, after, info.head, producer, info.last, watchers)
 
 
 def _token(exchange: Exchange, runtime: Runtime) -> str | None:

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from .aiohttp_internals import ProxyProtocol
 from .errors import Outcome
 from .exchange import Exchange
-from .hooks import meters_upstream
+from .hooks import Hook
 from .relay_policy import HEARTBEAT
 from .requestid import HEADER as REQUEST_ID
 from .resume_producer import Producer
@@ -30,9 +30,11 @@ QUIET_WAIT = 30.0  # longest a follower waits on the store at once when heartbea
 
 
 async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, after: int, head: Head,
-                 producer: Attachable | None, replay_until: int | None) -> web.StreamResponse:
+                 producer: Attachable | None, replay_until: int | None, hooks: tuple[Hook, ...]
+                 ) -> web.StreamResponse:
     """One client reading the stream from ``after``: stored events, then live ones, then its end.
-    Events up to ``replay_until`` count as replayed (a resume's catching up)."""
+    Events up to ``replay_until`` count as replayed (a resume's catching up). ``hooks`` see what
+    this client is written (not usage: the producer meters that, once)."""
     route, record, metrics = exchange.matched, exchange.record, runtime.metrics
     headers: CIMultiDict[str] = CIMultiDict(head.headers)
     headers[HEADER] = sid
@@ -46,7 +48,7 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
         producer.attach()
     active = metrics.child(metrics.active_streams, route.label)
     active.inc()
-    follower = Follower(exchange, runtime, response, store, sid, after, replay_until)
+    follower = Follower(exchange, runtime, response, store, sid, after, replay_until, hooks)
     try:
         if producer is None:  # produced by another replica (or ended): a client here keeps it attached there
             async with store.following(sid):
@@ -75,7 +77,7 @@ class Follower:
                  "store")
 
     def __init__(self, exchange: Exchange, runtime: Runtime, response: web.StreamResponse, store: Store, sid: str,
-                 after: int, replay_until: int | None):
+                 after: int, replay_until: int | None, hooks: tuple[Hook, ...]):
         self.exchange = exchange
         self.runtime = runtime
         self.response = response
@@ -89,8 +91,7 @@ class Follower:
         self.first_write: float | None = None
         self.loop = asyncio.get_running_loop()
         self.last_write = self.loop.time()
-        # What the client is written; usage (a hook metering the upstream) is fed by the producer, once.
-        self._hooks = tuple(h for h in exchange.hooks if not meters_upstream(h))
+        self._hooks = hooks
         protocol = exchange.request.protocol
         self._protocol = protocol if isinstance(protocol, ProxyProtocol) else None
         self._chunked = False

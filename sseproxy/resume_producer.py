@@ -25,7 +25,7 @@ from .decoding import DecodeError
 from .errors import Detached, ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
 from .exchange import Exchange
 from .framing import LINE_END, MAX_FRAME, SSE_BOUNDARY, SseFramer, StreamKind, count_frames
-from .hooks import Hook, meters_upstream
+from .hooks import Hook
 from .plan import StreamPlan
 from .relay_policy import error_frame
 from .resume_store import End, ResumeSettings, Store, stream_key
@@ -105,7 +105,8 @@ class Producer:
                  "n", "sid")
 
     def __init__(self, runtime: Runtime, exchange: Exchange, store: Store, sid: str,
-                 upstream: h1.H1Response | aiohttp.ClientResponse, plan: StreamPlan, settings: ResumeSettings):
+                 upstream: h1.H1Response | aiohttp.ClientResponse, plan: StreamPlan, settings: ResumeSettings,
+                 meters: tuple[Hook, ...]):
         self._runtime = runtime
         self._store = store
         self._append = store.appender(sid)
@@ -116,11 +117,11 @@ class Producer:
         self._decoder = plan.decoder
         self._framer = EventFramer(max_frame=max(MAX_FRAME, settings.max_bytes))
         self._settings = settings
-        self._label = exchange.matched.label
-        self._idle = exchange.matched.timeouts.idle
+        route = exchange.matched
+        self._label = route.label
+        self._idle = route.timeouts.idle
         self._body_sent = exchange.body_sent
-        # Usage is the upstream's: metered here, once, whichever clients follow (hooks.meters_upstream).
-        self._meters: list[Hook] = [h for h in exchange.hooks if meters_upstream(h)]
+        self._meters = meters  # usage is the upstream's: metered here, once, whoever follows (hooks.split_upstream)
         self._loop = asyncio.get_running_loop()
         self.n = 0                 # the last stored event's number
         self._gauge_at = GAUGE_EVERY
