@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,39 +136,56 @@ class Store(Protocol):
 
 @dataclass(eq=False, slots=True)
 class _Stream:
-    """Events are numbered in order, so only their bytes are kept (no tuple, nothing for the garbage
-    collector to walk): ``events[i]`` is event ``base + i + 1``."""
+    """A stream's events, back to back in one buffer, with the offset where each ends: no object
+    per event, so thousands of kept streams cost the garbage collector nothing to walk (a list of
+    bytes is visited event by event at every full collection), and an event's bytes are freed once
+    written. Events are numbered in order: ``ends[i]`` ends event ``base + i + 1``."""
 
     head: Head
     token_hash: str
     max_bytes: int
     ttl: float
-    events: list[bytes] = field(default_factory=list)
-    base: int = 0              # events before ``events[0]`` (dropped and compacted away)
-    start: int = 0             # index in ``events`` of the oldest kept
+    buf: bytearray = field(default_factory=bytearray)
+    ends: array[int] = field(default_factory=lambda: array("Q"))
+    base: int = 0              # events before ``ends[0]`` (dropped and compacted away)
+    start: int = 0             # index in ``ends`` of the oldest kept
     size: int = 0              # bytes of the kept events
     end: End | None = None
     ended_at: float = 0.0
     forgotten: bool = False    # evicted or expired: its producer's appends are dropped
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)  # readers waiting for a change
+    waiters: list[asyncio.Future[None]] | None = None  # readers waiting for a change
 
     @property
     def last(self) -> int:
         """The last event's number (0: none yet)."""
-        return self.base + len(self.events)
+        return self.base + len(self.ends)
 
     @property
     def first(self) -> int:
         """The oldest kept event's number (``last + 1`` when none is kept)."""
         return self.base + self.start + 1
 
+    def events(self, index: int, count: int) -> tuple[tuple[int, bytes], ...]:
+        """Up to ``count`` events from index ``index`` of ``ends``, numbered."""
+        ends, buf = self.ends, self.buf
+        stop = min(len(ends), index + count)
+        at = ends[index - 1] if index else 0
+        out = []
+        for i in range(index, stop):
+            out.append((self.base + i + 1, bytes(buf[at:ends[i]])))
+            at = ends[i]
+        return tuple(out)
+
     def drop_oldest(self) -> int:
-        size = len(self.events[self.start])
-        self.start += 1
+        ends, start = self.ends, self.start
+        size = ends[start] - (ends[start - 1] if start else 0)
+        self.start = start = start + 1
         self.size -= size
-        if self.start > 64 and self.start * 2 > len(self.events):
-            del self.events[:self.start]
-            self.base += self.start
+        if start > 64 and start * 2 > len(ends):  # compact: amortised, the buffer never grows past twice
+            cut = ends[start - 1]
+            del self.buf[:cut]
+            self.ends = array("Q", [e - cut for e in ends[start:]])
+            self.base += start
             self.start = 0
         return size
 
@@ -175,7 +193,7 @@ class _Stream:
         """Readers waiting for a change read again. Per append: free when none waits (a follower
         caught up with its producer is pushed events, it does not wait here)."""
         if self.waiters:
-            waiters, self.waiters = self.waiters, []
+            waiters, self.waiters = self.waiters, None
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -209,11 +227,13 @@ class MemoryStore:
         def append(n: int, data: bytes) -> None:
             if stream.forgotten:  # evicted while live (resume_memory full of live streams): nothing to keep
                 return
-            stream.events.append(data)  # event n: numbers follow each other
+            buf = stream.buf
+            buf += data  # event n: numbers follow each other
+            stream.ends.append(len(buf))
             stream.size += len(data)
             self.bytes += len(data)
             if stream.size > stream.max_bytes or self.bytes > self.limit:
-                while stream.size > stream.max_bytes and stream.start < len(stream.events) - 1:
+                while stream.size > stream.max_bytes and stream.start < len(stream.ends) - 1:
                     self.bytes -= stream.drop_oldest()
                 self._bound(stream)
             if stream.waiters:
@@ -234,7 +254,7 @@ class MemoryStore:
         while self.bytes > self.limit and self._ended:
             key, _ = self._ended.popitem(last=False)
             self._forget(key)
-        while self.bytes > self.limit and writing.start < len(writing.events) - 1:
+        while self.bytes > self.limit and writing.start < len(writing.ends) - 1:
             self.bytes -= writing.drop_oldest()
 
     def _forget(self, key: str) -> None:
@@ -289,12 +309,13 @@ class MemoryStore:
         if stream is None:
             return GONE
         index = after - stream.base  # of the event after ``after``
-        if index < stream.start or index > len(stream.events):
+        count = len(stream.ends)
+        if index < stream.start or index > count:
             return GONE
-        if index == len(stream.events):
+        if index == count:
             return NOTHING_YET if stream.end is None else Batch(end=stream.end)
-        events = tuple(enumerate(stream.events[index:index + READ_MAX], after + 1))
-        return Batch(events, end=stream.end if index + len(events) == len(stream.events) else None)
+        events = stream.events(index, READ_MAX)
+        return Batch(events, end=stream.end if index + len(events) == count else None)
 
     async def read(self, sid: str, after: int, wait: float) -> Batch:
         batch = self.read_now(sid, after)
@@ -302,6 +323,8 @@ class MemoryStore:
             stream = self._get(sid)
             assert stream is not None
             changed = asyncio.get_running_loop().create_future()
+            if stream.waiters is None:
+                stream.waiters = []
             stream.waiters.append(changed)
             try:
                 async with asyncio.timeout(wait):  # not wait_for: it makes a task per wait
@@ -309,7 +332,7 @@ class MemoryStore:
             except TimeoutError:
                 return NOTHING_YET
             finally:
-                if changed in stream.waiters:  # timed out or cancelled: not left for the next append
+                if stream.waiters and changed in stream.waiters:  # timed out or cancelled: not kept
                     stream.waiters.remove(changed)
             return self.read_now(sid, after)
         return batch

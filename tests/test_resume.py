@@ -247,6 +247,23 @@ async def test_memory_store_bounds_drop_the_streams_that_ended_longest_ago_first
     assert store.bytes <= 1000
 
 
+def test_memory_store_keeps_the_newest_events_within_max_bytes_numbered() -> None:
+    """Events sit back to back in one buffer; past max_bytes the oldest go (the buffer is compacted
+    now and then), and what is kept reads back with its number, byte for byte."""
+    store = MemoryStore(limit=1 << 20)
+    sid = "k" * 24
+    store.open(sid, Head(200, "OK", ()), "", 1000, 60)
+    append = store.appender(sid)
+    for n in range(1, 501):
+        append(n, b"data: %d\n\n" % n)
+    first, last = store.bounds(sid) or (0, 0)
+    assert last == 500 and 0 < 500 - first < 100 and store.bytes <= 1000
+    assert store.read_now(sid, first - 2).gone
+    kept = store.read_now(sid, first - 1).events
+    assert kept == tuple((n, b"data: %d\n\n" % n) for n in range(first, 501))
+    assert store.read_now(sid, 500).events == ()
+
+
 def test_config_resume_key() -> None:
     import pytest
     from pydantic import ValidationError
