@@ -59,5 +59,17 @@ class HookFactory(Protocol):
         """A hook for this exchange, or ``None`` when the feature does not apply to it."""
 
 
+def split_upstream(hooks: tuple[Hook, ...]) -> tuple[tuple[Hook, ...], tuple[Hook, ...]]:
+    """The hooks that meter what the upstream sent (usage: a class with ``meters_upstream = True``)
+    and the others, which see what a client was written. On a resumable stream the two differ:
+    several clients may follow it, and a resume replays what was sent before; the meters are fed
+    each event of the upstream once, by the stream's producer, whichever clients follow."""
+    meters: list[Hook] = []
+    others: list[Hook] = []
+    for hook in hooks:
+        (meters if getattr(hook, "meters_upstream", False) is True else others).append(hook)
+    return tuple(meters), tuple(others)
+
+
 def open_hooks(factories: Sequence[HookFactory], info: ExchangeInfo) -> tuple[Hook, ...]:
     return tuple(h for f in factories if (h := f.open(info)) is not None)

@@ -226,14 +226,18 @@ class Metrics:
             self.child(self.client_hangups, route).inc()
             if record.llm:
                 self.child(self.llm_cancelled, route).inc()
-        if record.tokens_in:
-            self.child(self.tokens, route, "input").inc(record.tokens_in)
-        if record.tokens_out:
-            self.child(self.tokens, route, "output").inc(record.tokens_out)
+        self.count_tokens(route, record.tokens_in, record.tokens_out)
         for status in record.retried:
             self.child(self.retries, route, str(status)).inc()
         if record.outcome in UPSTREAM_FAILURES:
             self.child(self.upstream_errors, route, record.error_type or record.outcome.value).inc()
+
+    def count_tokens(self, route: str, tokens_in: int | None, tokens_out: int | None) -> None:
+        """LLM usage, at a request's end, or a resumable stream's end for what came after it."""
+        if tokens_in:
+            self.child(self.tokens, route, "input").inc(tokens_in)
+        if tokens_out:
+            self.child(self.tokens, route, "output").inc(tokens_out)
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:

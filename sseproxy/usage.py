@@ -109,10 +109,12 @@ class UsageMeter:
 class UsageHook:
     """One exchange's meter: reads event streams only, and puts the counts in the record at the end."""
 
-    __slots__ = ("_looked", "_named_model", "_sse", "meter")  # one per stream in flight: no instance dict
+    __slots__ = ("_looked", "_named_model", "_sse", "meter", "reported")  # one per stream in flight: no dict
+    meters_upstream = True  # on a resumable stream, fed the upstream's events by its producer (hooks.py)
 
     def __init__(self, method: str) -> None:
         self.meter = UsageMeter()
+        self.reported: tuple[int, int] | None = None  # what ``end`` put in the record (None: not ended)
         self._sse = False
         self._named_model = False
         self._looked = 0 if method == "POST" else LOOK_AT  # request-body bytes looked at for a model name
@@ -133,6 +135,19 @@ class UsageHook:
         record.tokens_in = self.meter.tokens_in
         record.tokens_out = self.meter.tokens_out
         record.llm = self._sse and self._named_model
+        self.reported = (self.meter.tokens_in or 0, self.meter.tokens_out or 0)
+
+
+def late_tokens(hook: object) -> tuple[int, int]:
+    """Tokens a usage hook read after its exchange ended (input, output), now counted, so that they
+    are counted once: a resumable stream runs on after the client that started it hung up, and its
+    usage, reported at the end, comes then."""
+    if not isinstance(hook, UsageHook) or hook.reported is None:
+        return 0, 0  # not ended: its end puts every token in the record
+    now = (hook.meter.tokens_in or 0, hook.meter.tokens_out or 0)
+    late = (max(0, now[0] - hook.reported[0]), max(0, now[1] - hook.reported[1]))
+    hook.reported = now
+    return late
 
 
 class UsageHooks:

@@ -105,6 +105,7 @@ class RawResponse:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     chunks: list[bytes] = field(default_factory=list)
+    pending: bytearray = field(default_factory=bytearray)  # read by next_event, not yet returned
 
     @property
     def chunked(self) -> bool:
@@ -113,6 +114,18 @@ class RawResponse:
     async def next_chunk(self, timeout: float = WAIT) -> bytes | None:
         """The next chunk as the proxy wrote it; ``None`` after the final chunk."""
         return await asyncio.wait_for(self._chunk(), timeout)
+
+    async def next_event(self, timeout: float = WAIT) -> bytes:
+        """The next whole event (LF endings, up to its blank line), however the proxy's writes cut
+        the stream into chunks (one write may carry several events)."""
+        while (end := self.pending.find(b"\n\n")) < 0:
+            chunk = await self.next_chunk(timeout)
+            if chunk is None:
+                raise AssertionError(f"the stream ended inside or before an event: {bytes(self.pending)!r}")
+            self.pending += chunk
+        event = bytes(self.pending[:end + 2])
+        del self.pending[:end + 2]
+        return event
 
     async def _chunk(self) -> bytes | None:
         try:

@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 from helpers import WAIT, Gate, RawResponse, Truncated, raw_request, running_app, running_proxy
 
-from sseproxy.resume import parse_last_event_id, split_frames, with_id
+from sseproxy.resume import parse_last_event_id
+from sseproxy.resume_producer import EventFramer, plain_event, split_frames, with_id
 from sseproxy.resume_store import End, Head, MemoryStore
 from sseproxy.runtime import Runtime
 
@@ -69,9 +70,7 @@ def parse(chunk: bytes) -> tuple[str, int, str]:
 
 
 async def next_event(response: RawResponse) -> tuple[str, int, str]:
-    chunk = await response.next_chunk()
-    assert chunk is not None
-    return parse(chunk)
+    return parse(await response.next_event())
 
 
 async def start(upstream: Upstream, proxy: str, headers: dict[str, str] | None = None) -> tuple[RawResponse, str]:
@@ -101,7 +100,7 @@ async def test_ids_hangup_and_resume_get_exactly_the_missed_events_then_live_one
         for i in (1, 2):
             upstream.gate.release(event(i))
             assert await next_event(first) == (sid, i, f"token {i}")  # the upstream's id replaced by ours
-        assert (first.chunks[0].decode().count("id:")) == 1
+        assert b"up-1" not in first.chunks[0] and first.chunks[0].count(b"id:") == 1
         first.close()  # the client hangs up mid-stream
         for i in (3, 4):
             upstream.gate.release(event(i))  # the upstream goes on, into the store
@@ -211,6 +210,24 @@ def test_with_id_keeps_line_endings_and_replaces_the_upstream_id() -> None:
     assert split_frames(b"data: a\n\ndata: b\r\n\r\n\n") == [b"data: a\n\n", b"data: b\r\n\r\n\n"]
 
 
+def test_the_fast_path_numbers_an_event_exactly_as_with_id_does() -> None:
+    """Most events take one bytes format (plain_event); whatever the framer returns, it is taken
+    only where it gives what the general with_id gives."""
+    pieces = [b"data: x\n\n", b'data: {"id": 1}\n\n', b"event: a\ndata: x\n\n", b"id: 7\ndata: x\n\n",
+              b"data: x\nid: 7\n\n", b"data: x\nid\n\n", b"data: x\r\n\r\n", b"data: x\rid: 7\n\n",
+              b"data: a\n\ndata: b\n\n", b"data: x\n\n\n", b": c\ndata: x\n\n", b": c\n\n", b"\n\n",
+              b"\ndata: x\n\n", b"retry: 5\n\n"]
+    taken = 0
+    for piece in pieces:
+        framer = EventFramer()
+        out = framer.feed(piece)
+        assert out == piece
+        if plain_event(out, framer.frames, framer.lf_only):
+            taken += 1
+            assert out[:-1] + b"id: s.1\n\n" == with_id(out, "s.1"), piece
+    assert taken == 4  # the first three and retry: every other one takes the general path
+
+
 def test_last_event_id_is_only_ours() -> None:
     sid = "A" * 24
     assert parse_last_event_id(f"{sid}.3") == (sid, 3)
@@ -223,11 +240,28 @@ async def test_memory_store_bounds_drop_the_streams_that_ended_longest_ago_first
     head = Head(200, "OK", ())
     for sid in ("a" * 24, "b" * 24, "c" * 24):
         store.open(sid, head, "", 10_000, 60)
-        store.append(sid, 1, b"x" * 400)
+        store.appender(sid)(1, b"x" * 400)
         store.end(sid, End.OK)
     assert await store.info("a" * 24) is None  # the earliest end went first
     assert await store.info("c" * 24) is not None
     assert store.bytes <= 1000
+
+
+def test_memory_store_keeps_the_newest_events_within_max_bytes_numbered() -> None:
+    """Events sit back to back in one buffer; past max_bytes the oldest go (the buffer is compacted
+    now and then), and what is kept reads back with its number, byte for byte."""
+    store = MemoryStore(limit=1 << 20)
+    sid = "k" * 24
+    store.open(sid, Head(200, "OK", ()), "", 1000, 60)
+    append = store.appender(sid)
+    for n in range(1, 501):
+        append(n, b"data: %d\n\n" % n)
+    first, last = store.bounds(sid) or (0, 0)
+    assert last == 500 and 0 < 500 - first < 100 and store.bytes <= 1000
+    assert store.read_now(sid, first - 2).gone
+    kept = store.read_now(sid, first - 1).events
+    assert kept == tuple((n, b"data: %d\n\n" % n) for n in range(first, 501))
+    assert store.read_now(sid, 500).events == ()
 
 
 def test_config_resume_key() -> None:
@@ -291,3 +325,32 @@ async def test_a_limit_slot_is_held_while_the_stream_runs_detached_and_freed_at_
             await asyncio.sleep(0.02)
         assert again.status == 200
         again.close()
+
+
+def metric_lines(runtime: Runtime, name: str) -> list[str]:
+    return [line for line in runtime.metrics.render().decode().splitlines() if line.startswith(name)]
+
+
+async def test_usage_is_counted_once_from_the_upstream_whoever_reads_it() -> None:
+    """The client that started the stream hangs up before the usage event; a resume reads it, and
+    a later resume replays the whole stream. The tokens are counted once: the upstream's events
+    are metered by the stream's producer, never by what a follower writes or replays."""
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 19, "completion_tokens": 10}}\n\n'
+    async with resumable() as (upstream, proxy, runtime):
+        first, sid = await start(upstream, proxy)
+        upstream.gate.release(event(1))
+        await next_event(first)
+        first.close()
+        for _ in range(100):  # bounded: until the starting request has ended (its line logged, counted)
+            if metric_lines(runtime, 'sseproxy_client_hangups_total{route="/"} 1.0'):
+                break
+            await asyncio.sleep(0.02)
+        upstream.gate.release(usage)
+        upstream.gate.release(None)
+        again = await raw_request(proxy, "GET", "/", {"Last-Event-ID": f"{sid}.1"})
+        assert b'"prompt_tokens": 19' in await again.body()  # read to the normal end
+        replay = await raw_request(proxy, "GET", "/", {"Last-Event-ID": f"{sid}.0"})
+        assert b'"prompt_tokens": 19' in await replay.body()
+        assert metric_lines(runtime, "sseproxy_llm_tokens_total") == [
+            'sseproxy_llm_tokens_total{kind="input",route="/"} 19.0',
+            'sseproxy_llm_tokens_total{kind="output",route="/"} 10.0']

@@ -1,16 +1,21 @@
 """Resumable streams on Redis: two proxies (two replicas) sharing one real redis-server. A stream
-started on A is resumed from B; with Redis stopped, new streams still relay (without ids) and a
-resume gets 503."""
+started on A is resumed from B; a client following on B keeps A's upstream attached; with Redis
+stopped, new streams still relay (without ids) and a resume gets 503."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
-from helpers import raw_request, running_app, running_proxy
+from helpers import WAIT, raw_request, running_app, running_proxy
+from procs import read_lines_until, sseproxy_process
 from redis_server import redis_server
 from test_resume import Upstream, event, next_event, start, stored
+
+from sseproxy.resume_redis import RedisStore
+from sseproxy.resume_store import Head, MemoryStore
 
 
 async def test_a_stream_started_on_one_replica_is_resumed_on_another(tmp_path: Path) -> None:
@@ -72,3 +77,73 @@ async def test_redis_down_streams_relay_without_ids_and_resumes_get_503(tmp_path
             assert await plain.next_chunk() is None
         warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
         assert len(warnings) == 2  # logged once per replica, not per stream or per event
+
+
+async def test_a_follower_on_another_replica_keeps_the_stream_attached_until_it_leaves(tmp_path: Path) -> None:
+    """Two sseproxy processes, one Redis, ``detach: 1s``. A client follows on B a stream produced on
+    A, and A's client hangs up: A's detach clock runs out, A finds B's follower in Redis and keeps
+    the upstream (its log says so); the stream goes on to B. Once B's client leaves too, A cancels
+    the upstream one ``detach`` later."""
+    upstream = Upstream()
+    async with redis_server(tmp_path) as redis, running_app(upstream.app()) as url:
+        config = tmp_path / "replica.yaml"  # JSON is YAML
+        config.write_text(json.dumps({"listen": "127.0.0.1:0", "heartbeat": 30, "routes": [
+            {"upstream": url, "resume": {"store": redis.url, "detach": "1s"}}]}))
+        async with sseproxy_process("serve", "--config", str(config)) as (proc_a, a), \
+                sseproxy_process("serve", "--config", str(config)) as (_, b):
+            assert proc_a.stderr is not None
+            first, sid = await start(upstream, a)
+            for i in (1, 2):
+                upstream.gate.release(event(i))
+                assert await next_event(first) == (sid, i, f"token {i}")
+            on_b = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.2"})
+            assert on_b.status == 200  # B has marked its follower in Redis before its response head
+            first.close()  # A has no client now: its detach clock runs
+
+            await read_lines_until(proc_a.stderr, "follows it on another replica: kept")  # it ran out, A asked Redis
+            assert not upstream.closed.is_set()
+            upstream.gate.release(event(3))
+            assert await next_event(on_b) == (sid, 3, "token 3")  # the stream went on, to B
+
+            on_b.close()  # the last client anywhere leaves: A cancels the upstream one detach later
+            await asyncio.wait_for(upstream.closed.wait(), WAIT)
+            late = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.3"})
+            assert late.status == 200
+            error = await late.next_event()
+            assert error.startswith(b"event: error\n") and b'"detached"' in error
+            assert len(upstream.requests) == 1
+
+
+async def test_a_remote_read_ends_when_its_task_is_cancelled_wherever_the_cancel_lands(tmp_path: Path) -> None:
+    """redis-py can swallow a cancellation that lands mid-command; a follower whose client hung up
+    must end anyway (else it follows for nobody and keeps the stream attached on its producer). The
+    cancel lands at a different point of the read loop each time; every time, the task ends
+    cancelled (without the store's care, about half go on reading)."""
+    async with redis_server(tmp_path) as redis:
+        producing = RedisStore(redis.url, MemoryStore(1 << 20))
+        following = RedisStore(redis.url, MemoryStore(1 << 20))
+        sid = "R" * 24
+        await producing.create(sid, Head(200, "OK", ()), "", 1 << 20, 60)
+        append = producing.appender(sid)
+
+        async def follow(after: int, read_one: asyncio.Event) -> None:
+            while True:
+                batch = await following.read(sid, after, 30)
+                if batch.events:
+                    after = batch.events[-1][0]
+                    read_one.set()
+
+        try:
+            for n in range(1, 41):
+                read_one = asyncio.Event()
+                task = asyncio.create_task(follow(n - 1, read_one))
+                append(n, b"data: x\n\n")
+                await asyncio.wait_for(read_one.wait(), WAIT)  # the next read has started, or is about to
+                for _ in range(n % 8):
+                    await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.wait({task}, timeout=WAIT)  # bounded, and never cancels it again
+                assert task.cancelled(), f"read {n} went on after its cancellation"
+        finally:
+            await following.close()
+            await producing.close()

@@ -11,8 +11,9 @@ with each figure and its ratio to nginx and to direct, then issue 11's targets w
 nginx's, the ratio and whether it is met. Everything it starts, it stops, by PID.
 
 Scenarios (--only, --profile): latency1, fanout200, open1000, throughput, idle1000, idle10000,
-download, hangup. --profile runs py-spy on the one-process sseproxy during that scenario and writes the
-flame graph (SVG), the raw stacks and a top listing under tests/bench/profiles/.
+download, hangup. --profile runs py-spy on each one-process sseproxy target (sseproxy, record, resume)
+during that scenario and writes the flame graph (SVG), the raw stacks and a top listing under
+tests/bench/profiles/.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(scenarios.NAMES), help="scenarios to run, comma-separated")
     parser.add_argument("--targets", default="direct,nginx,sseproxy,workers",
                         help=f"targets to run, comma-separated, of {','.join(TARGETS)}")
-    parser.add_argument("--profile", metavar="SCENARIO", help="py-spy the one-process sseproxy in this scenario")
+    parser.add_argument("--profile", metavar="SCENARIO", help="py-spy the one-process targets in this scenario")
     parser.add_argument("--profile-dir", default=str(HERE / "profiles"), help="where --profile writes")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--out", help="also write the report to this file")
@@ -110,8 +111,8 @@ def parse() -> argparse.Namespace:
         names(args.profile, scenarios.NAMES, "scenario")
         if args.profile not in args.only:
             args.only.append(args.profile)
-        if "sseproxy" not in args.targets:
-            raise SystemExit("--profile needs the sseproxy target")
+        if not scenarios.PROFILED & set(args.targets):
+            raise SystemExit(f"--profile needs one of the targets {', '.join(sorted(scenarios.PROFILED))}")
     return args
 
 

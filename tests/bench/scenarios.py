@@ -142,6 +142,7 @@ async def hangups(bench: Bench, t: Target) -> tuple[load.Result, dict[str, float
     return both, figures
 
 
+PROFILED = {"sseproxy", "record", "resume"}  # the one-process targets --profile can attach py-spy to
 UNRATIOED = {"errors", "of", "streams", "held open", "open at once", "hang-ups", "not seen"}
 LAT = {"p50 ms", "p90 ms", "p99 ms", "max ms", "TTFE p50 ms", "TTFE p99 ms"}
 SCENARIOS = [
@@ -187,9 +188,9 @@ async def run_one(bench: Bench, sc: Scenario, t: Target) -> tuple[dict[str, floa
             await warm(t)
     pids = t.pids()
     recorder = None
-    if bench.profile == sc.key and t.key == "sseproxy" and t.service and t.service.pid and bench.pyspy:
+    if bench.profile == sc.key and t.key in PROFILED and t.service and t.service.pid and bench.pyspy:
         assert bench.profile_dir is not None
-        raw = bench.profile_dir / f"{sc.key}-{time.strftime('%Y%m%d-%H%M%S')}.raw.txt"
+        raw = bench.profile_dir / f"{sc.key}-{t.key}-{time.strftime('%Y%m%d-%H%M%S')}.raw.txt"
         recorder = profiling.Recorder(bench.pyspy, t.service.pid, raw, bench.helper_cpus)
         await asyncio.sleep(0.5)  # py-spy attaches
     cpu_before = cpu_seconds(pids)
@@ -211,9 +212,9 @@ async def run_one(bench: Bench, sc: Scenario, t: Target) -> tuple[dict[str, floa
         if recorder is not None:
             await asyncio.to_thread(recorder.stop)
             svg, listing, top = profiling.save(recorder.raw, sc.key)
-            print(f"\nprofile of sseproxy in {sc.key}: {svg}\n  raw stacks: {recorder.raw}\n  top listing: "
+            print(f"\nprofile of {t.name} in {sc.key}: {svg}\n  raw stacks: {recorder.raw}\n  top listing: "
                   f"{listing}\n{top}\n", file=sys.stderr)
-            bench.notes.append(f"py-spy profile of sseproxy in {sc.key}: {svg}, {listing}\n\n```\n{top}\n```")
+            bench.notes.append(f"py-spy profile of {t.name} in {sc.key}: {svg}, {listing}\n\n```\n{top}\n```")
     if t.service is not None and not t.service.alive():
         tail = t.service.log.read_text(errors="replace")[-300:].strip() if t.service.log.exists() else ""
         bench.notes.append(f"{t.name} exited during {sc.key}; its log ends: {tail or '(empty)'}")
