@@ -80,6 +80,7 @@ class ProxyHandler:
         self.runtime = runtime
         self.access_log = access_log
         self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None  # asked once: each ask is a getpid() syscall
         self.websockets = websocket.WebSocketRelays()  # open WebSocket relays, closed with 1001 at shutdown
 
     def refused(self, refusal: ParserRefusal) -> None:
@@ -91,7 +92,9 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         snapshot = self.runtime.enter()  # kept for the whole request, whatever a reload does
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         record = RequestRecord(method=request.method, path=request.raw_path.partition("?")[0],
                                started=loop.time(), client=request.remote)
         exchange = Exchange(next(self._ids), request, snapshot, record, loop)
@@ -276,12 +279,12 @@ class ProxyHandler:
         metrics = self.runtime.metrics
         active = metrics.child(metrics.active_streams, route.label)
         self.runtime.streams.add(relay)
-        active.inc()
+        metrics.add(active)
         try:
             record.outcome = (await relay.run()).outcome
         finally:
             self.runtime.streams.discard(relay)
-            active.dec()
+            metrics.add(active, -1)
         return response
 
 

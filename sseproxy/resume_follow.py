@@ -47,7 +47,7 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
     if producer is not None:
         producer.attach()
     active = metrics.child(metrics.active_streams, route.label)
-    active.inc()
+    metrics.add(active)
     follower = Follower(exchange, runtime, response, store, sid, after, replay_until, hooks)
     try:
         if producer is None:  # produced by another replica (or ended): a client here keeps it attached there
@@ -58,14 +58,14 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
     except ConnectionError:
         record.outcome = Outcome.CLIENT_CLOSED
     finally:
-        active.dec()
+        metrics.add(active, -1)
         if producer is not None:
             producer.detach()
         record.bytes, record.events = follower.bytes, follower.events
         if follower.first_write is not None:
             record.ttfe = follower.first_write - record.started
         if follower.replayed:
-            metrics.child(metrics.resume_replayed, route.label).inc(follower.replayed)
+            metrics.add(metrics.child(metrics.resume_replayed, route.label), follower.replayed)
     return response
 
 
