@@ -431,8 +431,9 @@ class H1Pool:
 
     def forget(self, connection: H1Connection) -> None:
         self.busy.discard(connection)
-        with contextlib.suppress(ValueError):
-            self.idle.remove(connection)
+        if connection.idle:  # only a parked connection is in the deque: no ValueError raised per stream
+            with contextlib.suppress(ValueError):
+                self.idle.remove(connection)
 
     async def connection(self, timeouts: Timeouts) -> H1Connection:
         while self.idle:
@@ -441,7 +442,7 @@ class H1Pool:
             if connection.transport is not None and not connection.transport.is_closing():
                 self.busy.add(connection)
                 return connection
-        task = asyncio.current_task()
+        task = asyncio.current_task(self.loop)  # with the loop: no get_running_loop() (a getpid() syscall)
         expired: list[bool] = []  # a timer that cancels this task, lighter than asyncio.timeout per stream
         timer = self.loop.call_later(timeouts.connect, _expire, task, expired) \
             if timeouts.connect and task is not None else None

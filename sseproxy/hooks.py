@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from .accesslog import RequestRecord
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, slots=True)  # not frozen: a frozen init sets each field through object.__setattr__
 class ExchangeInfo:
-    """What a hook may know of the request when it is opened (after the route matched)."""
+    """What a hook may know of the request when it is opened (after the route matched); read-only
+    by convention."""
 
     id: int                                  # unique within this process, in arrival order
     route: str                               # the route's label

@@ -167,6 +167,7 @@ class Inspector:
         self.max_subscribers = max_subscribers
         self.closed = False
         self.pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # the hook factory -------------------------------------------------------------------------
     def open(self, info: ExchangeInfo) -> StreamView:
@@ -250,9 +251,11 @@ class Inspector:
         for subscriber in self.subscribers:
             subscriber.put(item)
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    def _now(self) -> float:
+        loop = self._loop
+        if loop is None:  # asked once: each get_running_loop() is a getpid() syscall
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
 
 def feed_item(kind: str, payload: dict[str, Any]) -> bytes:

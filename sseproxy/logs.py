@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -39,7 +40,7 @@ def _json_line(record: logging.LogRecord, formatter: logging.Formatter) -> str:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
         "level": record.levelname.lower(),
         "logger": record.name,
-        "pid": record.process,
+        "pid": os.getpid(),  # not record.process: logProcesses is off, text lines have no pid
     }
     access = getattr(record, "access", None)  # an access-log line: its record's fields, made only here
     if access is not None:
@@ -139,6 +140,7 @@ def setup(fmt: str, level: str, redactor: Redactor, access: str = "text") -> Lin
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging.logProcesses = False  # a getpid() syscall per record; JSON lines ask for it themselves
     handler = CoalescingHandler(sys.stderr)
     formatter = LineFormatter(fmt, access if access != "off" else "text", redactor)
     handler.setFormatter(formatter)
