@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WANTED_FDS = 65536
+OWN_FDS = 100  # what a proxy holds besides its streams' sockets (sseproxy about 15 at rest; room for more)
 NEEDED_FDS = 20_100  # 10,000 idle streams through one proxy: one client and one upstream socket each, and a few
 
 
@@ -91,6 +92,13 @@ class Pinning:
     def pin_self(self) -> None:
         if self.rest is not None:
             os.sched_setaffinity(0, self.rest)
+
+
+def idle_room(wanted: int) -> int:
+    """Idle streams one proxy can hold at this process's descriptor limit (children inherit it): two
+    descriptors a stream, less what a proxy holds of its own. ``wanted`` where the limit allows it."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(0, min(wanted, (soft - OWN_FDS) // 2))
 
 
 def raise_fd_limit() -> str:
