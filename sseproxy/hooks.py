@@ -46,10 +46,11 @@ class Hook(Protocol):
     def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
         """The response head as it goes to the client (after header rules and CORS)."""
 
-    def data(self, chunk: bytes, at: float) -> None:
+    def data(self, chunk: bytes, at: float, frames: int) -> None:
         """Body bytes just written to the client at ``at`` (loop time): whole frames for an event
-        or line stream, pieces as they arrived otherwise. Heartbeats and the proxy's own error
-        event are not data."""
+        or line stream, pieces as they arrived otherwise; ``frames`` says how many whole frames
+        (events or lines) ``chunk`` holds, as the writer counted them, so no hook counts again.
+        Heartbeats and the proxy's own error event are not data."""
 
     def end(self, record: RequestRecord) -> None:
         """The exchange ended; ``record.outcome`` says how."""

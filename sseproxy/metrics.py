@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from .accesslog import RequestRecord
 from .errors import Outcome
-from .framing import StreamKind, count_frames
+from .framing import StreamKind
 from .hooks import ExchangeInfo
 
 UPSTREAM_FAILURES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.TIMEOUT})
@@ -147,12 +147,11 @@ class StreamMeter:
     def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
         self._kind = kind
 
-    def data(self, chunk: bytes, at: float) -> None:
+    def data(self, chunk: bytes, at: float, frames: int) -> None:
         self._bytes += len(chunk)
-        kind = self._kind
-        if kind is _NONE:
+        if self._kind is _NONE:
             return
-        self._events += count_frames(kind, chunk)
+        self._events += frames
         last, self._last_at = self._last_at, at
         if last is None:
             self._flushed_at = at

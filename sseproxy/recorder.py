@@ -177,7 +177,7 @@ class RecordingHook:
         except RuntimeError:
             self._responded_at = None
 
-    def data(self, chunk: bytes, at: float) -> None:
+    def data(self, chunk: bytes, at: float, frames: int) -> None:
         if self._head is None or not self._take(len(chunk)):
             return
         self._last_at = at

@@ -189,8 +189,8 @@ class CallbackRelay(RelayState):
     def _send(self, data: bytes, now: float) -> None:
         """Body data from the upstream: written, then shown to the hooks."""
         self._write(data, now)
-        for hook in self._hooks:
-            hook.data(data, now)
+        if self._hooks:
+            self._tell_hooks(data, now)
 
     def _write(self, data: bytes, now: float | None = None) -> None:
         transport = self._transport

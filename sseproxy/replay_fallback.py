@@ -127,7 +127,7 @@ class Fallback:
                     return False
                 record.bytes += len(piece)
                 if hook is not None:
-                    hook.data(piece, loop.time())
+                    hook.data(piece, loop.time(), 0)  # the recorder's: it frames what it records itself
         except (aiohttp.ClientError, TimeoutError) as e:
             set_outcome(record, Outcome.UPSTREAM_ERROR)
             record.error, record.error_type = f"fallback failed mid-response: {e or type(e).__name__}", "upstream_error"

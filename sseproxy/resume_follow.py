@@ -116,7 +116,7 @@ class Follower:
         self.bytes += len(data)
         self.events += count
         for hook in self._hooks:
-            hook.data(data, now)
+            hook.data(data, now, count)
 
     # -- LiveFollower: the producer's pushes -----------------------------------------------------
     def push(self, first: int, last: int, data: bytes, now: float) -> None:
@@ -133,7 +133,7 @@ class Follower:
         self.bytes += len(data)
         self.events += last - first + 1
         for hook in self._hooks:
-            hook.data(data, now)
+            hook.data(data, now, last - first + 1)
 
     def wake(self) -> None:
         if self._woken is not None and not self._woken.done():

@@ -260,7 +260,7 @@ class Producer:
             for n, event in enumerate(events, first):
                 self._append(n, event)
         for hook in self._meters:
-            hook.data(data, now)
+            hook.data(data, now, self.n - first + 1)
         if self.n >= self._gauge_at:  # the gauge sums every store: not once per event
             self._gauge_at = self.n + GAUGE_EVERY
             self._runtime.resume_stores.publish(self._runtime.metrics.resume_store_bytes, now)
@@ -295,7 +295,7 @@ class Producer:
             self.n += 1
             self._append(self.n, rest)
             for hook in self._meters:
-                hook.data(rest, self._loop.time())
+                hook.data(rest, self._loop.time(), 0)  # an incomplete frame
         self._close(End.OK)
         if self._body_sent:
             self._upstream.release()

@@ -44,6 +44,7 @@ class RelayState:
         "_hooks",
         "_loop",
         "_plan",
+        "_reported",
         "_response",
         "bytes",
         "first_event_at",
@@ -66,6 +67,17 @@ class RelayState:
         self._failure: ProxyError | None = None
         self.bytes = self.heartbeats = 0
         self.first_event_at: float | None = None
+        self._reported = 0  # frames the hooks have been told of
+
+    def _tell_hooks(self, data: bytes, at: float) -> None:
+        """The hooks see ``data`` as written, with the whole frames the framer completed since the
+        last time (an incomplete last frame, flushed at the end, is none)."""
+        framer = self.framer
+        frames = 0
+        if framer is not None:
+            frames, self._reported = framer.frames - self._reported, framer.frames
+        for hook in self._hooks:
+            hook.data(data, at, frames)
 
     @property
     def between_frames(self) -> bool:
@@ -211,8 +223,8 @@ class Relay(RelayState):
     async def _send(self, data: bytes) -> None:
         """Body data from the upstream: written, then shown to the hooks."""
         await self._write(data)
-        for hook in self._hooks:
-            hook.data(data, self.policy.last_write)
+        if self._hooks:
+            self._tell_hooks(data, self.policy.last_write)
 
     async def _write(self, data: bytes) -> None:
         self.policy.wrote(self._loop.time())

@@ -79,7 +79,7 @@ class TapHook:
     def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
         self._sse = {StreamKind.SSE: True, StreamKind.LINES: False}.get(kind)
 
-    def data(self, chunk: bytes, at: float) -> None:
+    def data(self, chunk: bytes, at: float, frames: int) -> None:
         if self._sse is not None:
             self._tap.frames(self._info.route, self._info.id, chunk, sse=self._sse, request_id=self._info.request_id)
 

@@ -127,7 +127,7 @@ class UsageHook:
     def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
         self._sse = kind is StreamKind.SSE
 
-    def data(self, chunk: bytes, at: float) -> None:
+    def data(self, chunk: bytes, at: float, frames: int) -> None:
         if self._sse and MARKER in chunk:  # the meter's own first test, without a call per event
             self.meter.feed(chunk)
 

@@ -156,7 +156,7 @@ def test_with_no_page_open_an_event_costs_a_counter_update() -> None:
                             started=asyncio.get_running_loop().time())
         hook = inspector.open(info)
         hook.response(200, None, StreamKind.SSE)  # type: ignore[arg-type]
-        hook.data(b"data: a\n\ndata: b\r\n\r\n", 1.0)
+        hook.data(b"data: a\n\ndata: b\r\n\r\n", 1.0, 2)
         assert (hook.events, hook.nbytes, hook.first_event_at) == (2, 20, 1.0)
 
     asyncio.run(run())

@@ -58,7 +58,7 @@ def stream(directory: Path, chunks: list[tuple[float, bytes]], kind: StreamKind 
     hook.request_body(b'"stream": true}')
     hook.response(200, CIMultiDict([("Content-Type", "text/event-stream")]), kind)
     for at, chunk in chunks:
-        hook.data(chunk, STARTED + at)
+        hook.data(chunk, STARTED + at, chunk.count(b"\n\n"))
     end(hook, outcome)
     return only_file(directory)[1]
 
@@ -109,8 +109,8 @@ def test_a_response_that_is_not_a_stream_has_a_body_and_non_utf8_is_base64(tmp_p
     hook = Recorder(tmp_path).open(info(method="PUT", path="/upload"))
     hook.request_body(b"\xff\xfe\x00raw")
     hook.response(201, CIMultiDict([("Content-Type", "application/octet-stream")]), StreamKind.NONE)
-    hook.data(b"\x89PNG", STARTED + 0.1)
-    hook.data(b"\r\n\x1a", STARTED + 0.2)
+    hook.data(b"\x89PNG", STARTED + 0.1, 0)
+    hook.data(b"\r\n\x1a", STARTED + 0.2, 0)
     end(hook)
     path, data = only_file(tmp_path)
     assert "frames" not in data["response"]
@@ -144,7 +144,7 @@ def test_over_the_size_cap_the_recording_is_dropped_with_one_warning(tmp_path: P
     hook.response(200, CIMultiDict([("Content-Type", "text/event-stream")]), StreamKind.SSE)
     with caplog.at_level(logging.WARNING, "sseproxy"):
         for i in range(10):
-            hook.data(b"data: 0123456789\n\n", STARTED + i / 100)
+            hook.data(b"data: 0123456789\n\n", STARTED + i / 100, 1)
         end(hook)
     assert list(tmp_path.iterdir()) == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -158,7 +158,7 @@ async def test_a_large_recording_is_written_off_the_loop_and_close_waits_for_it(
     recorder = Recorder(tmp_path, on_saved=lambda path, _: saved.append(path))
     hook = recorder.open(info())
     hook.response(200, CIMultiDict([("Content-Type", "text/event-stream")]), StreamKind.SSE)
-    hook.data(b"data: " + b"x" * 1000 + b"\n\n", STARTED + 0.1)
+    hook.data(b"data: " + b"x" * 1000 + b"\n\n", STARTED + 0.1, 1)
     end(hook)
     await asyncio.wait_for(recorder.close(), 5)
     path, data = only_file(tmp_path)
@@ -225,9 +225,9 @@ def test_every_listed_header_and_every_secret_anywhere_is_redacted(tmp_path: Pat
     hook.response(200, CIMultiDict([("Content-Type", "text/event-stream"), ("Set-Cookie", "sid=setcookie-666"),
                                     ("Authorization", "Bearer resp-777"), ("X-Key-Echo", "sk-injected-abc+/123")]),
                   StreamKind.RAW)
-    hook.data(b"data: sk-inje", STARTED + 0.1)  # a secret split between two unframed pieces
-    hook.data(b"cted-abc+/123\n\n", STARTED + 0.2)
-    hook.data(b"data: inbound-tok-111\n\n", STARTED + 0.3)
+    hook.data(b"data: sk-inje", STARTED + 0.1, 0)  # a secret split between two unframed pieces (RAW: no frames)
+    hook.data(b"cted-abc+/123\n\n", STARTED + 0.2, 0)
+    hook.data(b"data: inbound-tok-111\n\n", STARTED + 0.3, 0)
     end(hook)
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     for value in [*SECRETS, *SECRET_HEADER_VALUES.values(), "setcookie-666", "resp-777", "sk-injected-abc%2B%2F123",

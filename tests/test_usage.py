@@ -270,7 +270,7 @@ def test_the_hook_meters_event_streams_into_the_record(kind: StreamKind, counted
     hook.request_body(b'{"stream": true}')
     hook.response(200, CIMultiDict({"Content-Type": "text/event-stream"}), kind)
     for event in events_of(ANTHROPIC):
-        hook.data(event, 1.0)
+        hook.data(event, 1.0, 1)
     record = RequestRecord(method="POST", path="/v1/messages", started=0.0)
     hook.end(record)
     assert (record.tokens_in, record.tokens_out) == ((472, 154) if counted else (None, None))
