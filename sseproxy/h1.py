@@ -1,6 +1,6 @@
-"""A lean HTTP/1.1 client for plain-http upstreams: keep-alive connections opened and reused with a
-few tens of microseconds of Python per request, and the response body handed to a sink from the
-protocol's own ``data_received`` (no future, no task, no reader per chunk).
+"""A lean HTTP/1.1 client connection for plain-http upstreams: kept alive and reused (``h1pool``)
+with a few tens of microseconds of Python per request, and the response body handed to a sink from
+the protocol's own ``data_received`` (no future, no task, no reader per chunk).
 
 httptools (llhttp, as uvicorn uses it) parses the responses. aiohttp's ClientSession stays for TLS
 upstreams, WebSocket handshakes and HEAD requests. What the guarded aiohttp connector does for those,
@@ -13,37 +13,24 @@ request body was sent are never taken for a clean, reusable exchange.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import ipaddress
 import logging
-import math
-import socket
 from collections.abc import AsyncIterable
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-import aiohttp
-import aiohttp.abc
-import aiohttp.connector
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
-from .errors import (
-    UpstreamConnectError,
-    UpstreamConnectTimeout,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from .upstream import OutboundRequest, Timeouts, UpstreamTarget, with_failover
+from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from .upstream import OutboundRequest, Timeouts
+
+if TYPE_CHECKING:
+    from .h1pool import H1Pool
 
 log = logging.getLogger("sseproxy")
 
 MAX_INTERIM = 5          # 1xx responses accepted before the final one (Go's limit)
 KEEPALIVE = 15.0         # seconds an idle pooled connection is kept (aiohttp's default)
 EARLY_BODY = 256 * 1024  # body bytes held before a sink is attached; past it the socket is not read
-DNS_TTL = 10.0           # seconds a name's addresses are kept (aiohttp's connector keeps them as long)
 _BODYLESS = {204, 304}
 
 
@@ -382,104 +369,6 @@ class H1Connection(asyncio.Protocol):
             self._keepalive_timer = None
 
 
-class Addresses:
-    """Names resolved through aiohttp's resolver (the one its connector uses), kept ``DNS_TTL``
-    seconds, so a burst of new streams does not make a lookup each; IP literals are not looked up."""
-
-    def __init__(self) -> None:
-        self._resolver: aiohttp.abc.AbstractResolver | None = None
-        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
-
-    async def lookup(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> list[str]:
-        cached = self._cache.get((host, port))
-        if cached is not None and cached[0] > loop.time():
-            return cached[1]
-        literal = host.strip("[]")
-        try:
-            ipaddress.ip_address(literal)
-        except ValueError:
-            if self._resolver is None:
-                self._resolver = aiohttp.connector.DefaultResolver()  # type: ignore[attr-defined]  # the connector's
-            found = [r["host"] for r in await self._resolver.resolve(host, port, socket.AF_UNSPEC)]
-            self._cache[(host, port)] = (loop.time() + DNS_TTL, found)
-        else:
-            found = [literal]
-            self._cache[(host, port)] = (math.inf, found)  # an address literal: never looked up
-        return found
-
-    async def close(self) -> None:
-        if self._resolver is not None:
-            await self._resolver.close()
-
-
-class H1Pool:
-    """Keep-alive connections to one upstream origin (host, port)."""
-
-    def __init__(self, host: str, port: int, addresses: Addresses):
-        self.loop = asyncio.get_running_loop()
-        self.host = host
-        self.port = port
-        self.addresses = addresses
-        self.where = f"http://{host}:{port}"  # for messages: never a userinfo
-        self.idle: collections.deque[H1Connection] = collections.deque()
-        self.busy: set[H1Connection] = set()
-
-    def put(self, connection: H1Connection) -> None:
-        self.busy.discard(connection)
-        connection.park()
-        self.idle.append(connection)
-
-    def forget(self, connection: H1Connection) -> None:
-        self.busy.discard(connection)
-        if connection.idle:  # only a parked connection is in the deque: no ValueError raised per stream
-            with contextlib.suppress(ValueError):
-                self.idle.remove(connection)
-
-    async def connection(self, timeouts: Timeouts) -> H1Connection:
-        while self.idle:
-            connection = self.idle.pop()  # the most recently used: the least likely to have timed out
-            connection.unpark()
-            if connection.transport is not None and not connection.transport.is_closing():
-                self.busy.add(connection)
-                return connection
-        task = asyncio.current_task(self.loop)  # with the loop: no get_running_loop() (a getpid() syscall)
-        expired: list[bool] = []  # a timer that cancels this task, lighter than asyncio.timeout per stream
-        timer = self.loop.call_later(timeouts.connect, _expire, task, expired) \
-            if timeouts.connect and task is not None else None
-        try:
-            connection = await self._connect()
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            assert task is not None
-            task.uncancel()
-            raise UpstreamConnectTimeout(f"connecting to {self.where} took over {timeouts.connect:g}s") from None
-        except (socket.gaierror, aiohttp.ClientConnectorDNSError):
-            raise UpstreamConnectError(f"DNS lookup failed for {self.where}") from None
-        except OSError as error:
-            raise UpstreamConnectError(f"cannot connect to {self.where}: {error.strerror or error}") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-        self.busy.add(connection)
-        return connection
-
-    async def _connect(self) -> H1Connection:
-        """Each address the name resolves to in turn (localhost may be ::1 only, or 127.0.0.1 only)."""
-        last: OSError | None = None
-        for host in await self.addresses.lookup(self.host, self.port, self.loop):
-            try:
-                _, connection = await self.loop.create_connection(lambda: H1Connection(self), host, self.port)
-                return connection
-            except OSError as error:
-                last = error
-        raise last or OSError(f"{self.host} resolves to no address")
-
-    def close(self) -> None:
-        for connection in [*self.idle, *self.busy]:
-            connection.abort()
-
-
 def request_head(out: OutboundRequest, target: str, host: str) -> tuple[bytes, bool]:
     """The request line and headers, and whether the body goes chunked."""
     headers = out.headers
@@ -494,57 +383,3 @@ def request_head(out: OutboundRequest, target: str, host: str) -> tuple[bytes, b
         lines.append("Content-Length: 0\r\n")
     lines.append("\r\n")
     return "".join(lines).encode("utf-8", "surrogateescape"), chunked
-
-
-def _expire(task: asyncio.Task[object], expired: list[bool]) -> None:
-    expired.append(True)
-    task.cancel()
-
-
-class H1Pools:
-    """One ``H1Pool`` per upstream (host, port), made on first use."""
-
-    def __init__(self) -> None:
-        self._pools: dict[tuple[str, int], H1Pool] = {}
-        self._addresses = Addresses()
-
-    def addresses(self) -> set[tuple[str, int]]:
-        return set(self._pools)
-
-    def get(self, host: str, port: int) -> H1Pool:
-        pool = self._pools.get((host, port))
-        if pool is None:
-            pool = self._pools[(host, port)] = H1Pool(host, port, self._addresses)
-        return pool
-
-    def close_except(self, keep: set[tuple[str, int]]) -> None:
-        for key in set(self._pools) - keep:
-            self._pools.pop(key).close()
-
-    async def close(self) -> None:
-        self.close_except(set())
-        await self._addresses.close()
-
-
-def address(url: URL) -> tuple[str, int]:
-    return url.raw_host or "", url.port or 80
-
-
-async def send(pools: H1Pools, target: UpstreamTarget, out: OutboundRequest) -> H1Response:
-    """Like ``upstream.send``, on this client: the next upstream while connecting fails."""
-
-    async def attempt(base: URL, path_qs: str) -> H1Response:
-        pool = pools.get(*address(base))
-        head, chunked = request_head(out, path_qs, base.raw_authority)
-        head_only = out.method == "HEAD"
-        connection = await pool.connection(target.timeouts)
-        try:
-            return await connection.exchange(head, out.body, chunked, target.timeouts, head_only)
-        except UpstreamUnavailable:
-            if not (connection.reused and out.body is None):
-                raise
-        # a kept-alive connection the upstream closed just as it was reused: once more on a new one
-        connection = await pool.connection(target.timeouts)
-        return await connection.exchange(head, out.body, chunked, target.timeouts, head_only)
-
-    return await with_failover(target, out.path, out.query, attempt)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import admin, auth, cors, h1, resume, websocket
+from . import admin, auth, cors, h1, h1pool, resume, websocket
 from .accesslog import AccessLog, RequestRecord
 from .aiohttp_internals import HeldHeadResponse, ParserRefusal, send_100_continue
 from .auth import presented_token
@@ -212,7 +212,7 @@ class ProxyHandler:
             try:
                 upstream: Upstream
                 if route.plain_http:
-                    upstream = await h1.send(self.runtime.h1, route, outbound)
+                    upstream = await h1pool.send(self.runtime.h1, route, outbound)
                 else:  # TLS upstreams: aiohttp's client
                     upstream = await send(self.runtime.pools, route, outbound)
             except ProxyError:

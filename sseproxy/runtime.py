@@ -17,7 +17,7 @@ from yarl import URL
 
 from .config import Config, HeaderRules, RequestHeaderRules, Route, is_loopback_host
 from .cors import CorsPolicy, compile_cors
-from .h1 import H1Pools, address
+from .h1pool import H1Pools, address
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
 from .hooks import HookFactory
 from .inspector import Inspector

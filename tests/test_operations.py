@@ -220,7 +220,7 @@ async def test_a_reload_closes_dropped_upstream_pools_once_their_last_stream_end
     from yarl import URL
 
     from sseproxy.config import Config
-    from sseproxy.h1 import address
+    from sseproxy.h1pool import address
     from sseproxy.runtime import compile_config
 
     gate = Gate()
