@@ -183,6 +183,16 @@ async def raw_request(base: str, method: str, target: str, headers: dict[str, st
     return RawResponse(status, parsed, reader, writer)
 
 
+async def released_stream(request: web.BaseRequest, gate: Gate, headers: dict[str, str] | None = None
+                          ) -> web.StreamResponse:
+    """An upstream's event stream (``headers`` added to its head) that writes what the test releases
+    through ``gate``, as ``write_released`` does."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **(headers or {})})
+    await response.prepare(request)
+    await write_released(request, response, gate)
+    return response
+
+
 async def write_released(request: web.BaseRequest, response: web.StreamResponse, gate: Gate) -> None:
     """Write what the test releases through ``gate``, one write each, until it releases None (then
     end the body) or b"ABORT" (then reset the connection mid-stream)."""

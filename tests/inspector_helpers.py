@@ -8,18 +8,14 @@ from collections import deque
 from typing import Any
 
 from aiohttp import web
-from helpers import WAIT, Gate, RawResponse, raw_request, write_released
+from helpers import WAIT, Gate, RawResponse, raw_request, released_stream
 
 
 def gated_paths_app(gates: dict[str, Gate]) -> web.Application:
     """An event stream per path: each writes what the test releases through that path's gate."""
 
     async def stream(request: web.Request) -> web.StreamResponse:
-        gate = gates[request.path]
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await write_released(request, response, gate)
-        return response
+        return await released_stream(request, gates[request.path])
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", stream)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import WAIT, Gate, Truncated, raw_request, running_app, running_proxy, write_released
+from helpers import WAIT, Gate, Truncated, raw_request, released_stream, running_app, running_proxy
 from procs import sseproxy_process
 
 from sseproxy.recording import Recording, load_dir
@@ -30,12 +30,9 @@ def sse_app(gate: Gate) -> web.Application:
 
     async def stream(request: web.Request) -> web.StreamResponse:
         await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Upstream": "gated",
-                                               "X-Seen-Key": request.headers.get("Authorization", ""),
-                                               "Set-Cookie": SET_COOKIE})
-        await response.prepare(request)
-        await write_released(request, response, gate)
-        return response
+        return await released_stream(request, gate, {"X-Upstream": "gated",
+                                                     "X-Seen-Key": request.headers.get("Authorization", ""),
+                                                     "Set-Cookie": SET_COOKIE})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", stream)
