@@ -5,14 +5,16 @@ A route's ``record`` directory, else the top-level one, opens a ``Recorder`` hoo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import WAIT, Gate, Truncated, raw_request, released_stream, running_app, running_proxy
+from helpers import WAIT, Gate, RawResponse, Truncated, raw_request, released_stream, running_app, running_proxy
 from procs import sseproxy_process
 
 from sseproxy.recording import Recording, load_dir
@@ -62,21 +64,47 @@ async def recordings(directory: Path, count: int = 1) -> list[tuple[str, Recordi
 FRAMES = [b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n',
           b'data: {"choices":[{"delta":{"content":"lo, the key is ' + KEY.encode() + b'"}}]}\n\n',
           b"data: [DONE]\n\n"]
+CHAT = "/v1/chat/completions"
+
+
+async def post_chat(base: str, target: str = CHAT, headers: dict[str, str] | None = None) -> RawResponse:
+    """The chat request (BODY) as a POST to ``target``; the response head is read."""
+    return await raw_request(base, "POST", target, headers or {}, json.dumps(BODY).encode())
+
+
+@contextlib.asynccontextmanager
+async def recorded_chat(directory: Path, target: str = CHAT) -> AsyncIterator[tuple[Gate, RawResponse]]:
+    """The gated upstream behind a proxy that records into ``directory``, and the client's chat
+    request (with its credentials) sent through it; yields the upstream's gate and the response."""
+    gate = Gate()
+    async with running_app(sse_app(gate)) as upstream, \
+            running_proxy(proxy_config(upstream, directory)) as (proxy, _):
+        yield gate, await post_chat(proxy, target, client_headers())
+
+
+async def relay_frames(gate: Gate, response: RawResponse, gap: float = 0) -> None:
+    """Release each of FRAMES and see it come through as the upstream wrote it (``gap`` seconds
+    between them, the gap being recorded, not a synchronisation), then the normal end."""
+    for frame in FRAMES:
+        gate.release(frame)
+        assert await response.next_chunk() == frame
+        await asyncio.sleep(gap)
+    gate.release(None)
+    assert await response.next_chunk() is None
+
+
+@contextlib.asynccontextmanager
+async def replaying(directory: Path, *options: str) -> AsyncIterator[str]:
+    """``sseproxy replay`` of ``directory`` on a free port; yields its base URL."""
+    async with sseproxy_process("replay", str(directory), "--listen", "127.0.0.1:0", *options) as (_, url):
+        yield url
 
 
 async def test_a_proxied_stream_is_recorded_in_order_without_secrets_and_replays_the_same(tmp_path: Path) -> None:
-    gate = Gate()
     directory = tmp_path / "rec"
-    async with running_app(sse_app(gate)) as upstream, \
-            running_proxy(proxy_config(upstream, directory)) as (proxy, _):
-        response = await raw_request(proxy, "POST", "/v1/chat/completions?api-version=1", client_headers(),
-                                     json.dumps(BODY).encode())
+    async with recorded_chat(directory, f"{CHAT}?api-version=1") as (gate, response):
         assert response.status == 200
-        for frame in FRAMES:
-            gate.release(frame)
-            assert await response.next_chunk() == frame
-        gate.release(None)
-        assert await response.next_chunk() is None
+        await relay_frames(gate, response)
         ((name, recording),) = await recordings(directory)
 
     assert name.endswith("-POST-v1_chat_completions.json")
@@ -95,9 +123,8 @@ async def test_a_proxied_stream_is_recorded_in_order_without_secrets_and_replays
     assert headers["Authorization"] == headers["Cookie"] == headers["X-Api-Key"] == "<redacted>"
     assert dict(recording.response.headers)["Set-Cookie"] == "<redacted>"
 
-    async with sseproxy_process("replay", str(directory), "--listen", "127.0.0.1:0", "--speed", "0") as (_, url):
-        again = await raw_request(url, "POST", "/v1/chat/completions?api-version=1",
-                                  {"Content-Type": "application/json"}, json.dumps(BODY).encode())
+    async with replaying(directory, "--speed", "0") as url:
+        again = await post_chat(url, f"{CHAT}?api-version=1", {"Content-Type": "application/json"})
         assert again.status == 200
         assert again.headers["content-type"] == "text/event-stream" and again.headers["x-upstream"] == "gated"
         assert await again.body() == b"".join(f.data for f in recording.response.frames)
@@ -105,12 +132,8 @@ async def test_a_proxied_stream_is_recorded_in_order_without_secrets_and_replays
 
 
 async def test_a_cut_stream_is_recorded_as_an_error_and_replayed_as_a_truncated_close(tmp_path: Path) -> None:
-    gate = Gate()
     directory = tmp_path / "rec"
-    async with running_app(sse_app(gate)) as upstream, \
-            running_proxy(proxy_config(upstream, directory)) as (proxy, _):
-        response = await raw_request(proxy, "POST", "/v1/chat/completions", client_headers(),
-                                     json.dumps(BODY).encode())
+    async with recorded_chat(directory) as (gate, response):
         gate.release(FRAMES[0])
         assert await response.next_chunk() == FRAMES[0]
         gate.release(b"ABORT")
@@ -121,35 +144,26 @@ async def test_a_cut_stream_is_recorded_as_an_error_and_replayed_as_a_truncated_
     assert recording.response.end == "error"
     assert recording.response.frames is not None and recording.response.frames[0].data == FRAMES[0]
 
-    async with sseproxy_process("replay", str(directory), "--listen", "127.0.0.1:0", "--speed", "0") as (_, url):
-        again = await raw_request(url, "POST", "/v1/chat/completions", {}, json.dumps(BODY).encode())
+    async with replaying(directory, "--speed", "0") as url:
+        again = await post_chat(url)
         assert await again.next_chunk() == FRAMES[0]
         with pytest.raises(Truncated):
             await again.next_chunk()
 
 
 async def test_replay_at_speed_1_keeps_the_recorded_gaps(tmp_path: Path) -> None:
-    gate = Gate()
     directory = tmp_path / "rec"
-    async with running_app(sse_app(gate)) as upstream, \
-            running_proxy(proxy_config(upstream, directory)) as (proxy, _):
-        response = await raw_request(proxy, "POST", "/v1/chat/completions", client_headers(),
-                                     json.dumps(BODY).encode())
-        for frame in FRAMES:
-            gate.release(frame)
-            assert await response.next_chunk() == frame
-            await asyncio.sleep(0.15)  # the gap being recorded, not a synchronisation
-        gate.release(None)
-        assert await response.next_chunk() is None
+    async with recorded_chat(directory) as (gate, response):
+        await relay_frames(gate, response, gap=0.15)
         ((_, recording),) = await recordings(directory)
     assert recording.response.frames is not None
     recorded = [f.t / 1000 for f in recording.response.frames]
     assert all(b - a >= 0.14 for a, b in itertools.pairwise(recorded))
 
-    async with sseproxy_process("replay", str(directory), "--listen", "127.0.0.1:0") as (_, url):
+    async with replaying(directory) as url:
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        again = await raw_request(url, "POST", "/v1/chat/completions", {}, json.dumps(BODY).encode())
+        again = await post_chat(url)
         arrivals = []
         for frame in recording.response.frames:
             assert await again.next_chunk() == frame.data
