@@ -20,6 +20,7 @@ from sseproxy.server import Listener
 
 WAIT = 5.0  # bound on every wait for something that should happen
 OPEN_CONNECTIONS: list[asyncio.StreamWriter] = []  # closed after each test by conftest
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]  # a raw upstream's connection
 
 
 def free_port() -> int:
@@ -42,8 +43,7 @@ async def running_app(app: web.Application, **kwargs: Any) -> AsyncIterator[str]
 
 
 @contextlib.asynccontextmanager
-async def raw_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-                     ) -> AsyncIterator[str]:
+async def raw_server(handle: Handler) -> AsyncIterator[str]:
     """An upstream written on raw asyncio sockets, for byte-level misbehaviour; yields its base URL."""
     tasks: set[asyncio.Task[None]] = set()
 

@@ -19,7 +19,7 @@ import aiohttp.connector
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from helpers import WAIT, RawResponse, Truncated, raw_request, raw_server, read_head, running_app, running_proxy
-from upstreams import echo_app
+from upstreams import echo_app, raw_proxy
 
 from sseproxy.config import Config
 from sseproxy.runtime import compile_config
@@ -80,7 +80,7 @@ async def test_a_gzip_stream_that_breaks_mid_stream_is_an_upstream_error(ending:
         await asyncio.wait_for(reader.read(), WAIT)  # held open until the proxy closes it
 
     with caplog.at_level(logging.INFO, logger="sseproxy.access"):
-        async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+        async with raw_proxy(upstream) as proxy:
             resp = await raw_request(proxy, "GET", "/events", {"Accept": "text/event-stream"})
             assert resp.status == 200 and "content-encoding" not in resp.headers
             assert await resp.next_chunk() == ONE + TWO  # decoded: the events before the break arrive
@@ -116,7 +116,7 @@ async def test_a_compressed_event_stream_is_decoded_event_by_event(coding: str, 
         await asyncio.wait_for(reader.read(), WAIT)
 
     with caplog.at_level(logging.INFO, logger="sseproxy.access"):
-        async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+        async with raw_proxy(upstream) as proxy:
             resp = await raw_request(proxy, "GET", "/events", {"Accept": "text/event-stream"})
             assert resp.status == 200
             assert "content-encoding" not in resp.headers and "content-length" not in resp.headers
@@ -146,7 +146,7 @@ async def test_an_undecodable_coding_is_relayed_as_it_comes_with_its_coding_kept
         await writer.drain()
         await asyncio.wait_for(reader.read(), WAIT)
 
-    async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+    async with raw_proxy(upstream) as proxy:
         resp = await raw_request(proxy, "GET", "/events", {})
         assert resp.status == 200
         assert resp.headers["content-encoding"] == "compress"

@@ -11,7 +11,8 @@ import socket
 import struct
 
 import pytest
-from helpers import WAIT, Truncated, raw_request, raw_server, read_head, running_proxy
+from helpers import WAIT, Truncated, raw_request, read_head
+from upstreams import answers, raw_proxy
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
 NDJSON_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -56,7 +57,7 @@ async def test_upstream_reset_mid_stream_gives_error_event_and_a_truncated_trans
         await asyncio.wait_for(release.wait(), WAIT)
         reset(writer)
 
-    async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+    async with raw_proxy(upstream) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert await resp.next_chunk() == first
         release.set()
@@ -84,7 +85,7 @@ async def test_bad_chunking_from_upstream_is_an_upstream_error() -> None:
         await writer.drain()
         await asyncio.sleep(WAIT)
 
-    async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+    async with raw_proxy(upstream) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert await resp.next_chunk() == b"data: one\n\n"
         delivered.set()
@@ -102,13 +103,10 @@ async def test_idle_timeout_mid_stream_gives_error_event_and_truncation() -> Non
         await writer.drain()
         await asyncio.sleep(WAIT)  # silent for longer than the route's idle timeout
 
-    config = {"routes": [{"upstream": "", "timeouts": {"idle": "300ms"}, "heartbeat": 0}]}
-    async with raw_server(upstream) as url:
-        config["routes"][0]["upstream"] = url
-        async with running_proxy(config) as (proxy, _):
-            resp = await raw_request(proxy, "GET", "/", {})
-            error = await expect_error_then_truncation(resp, b"data: one\n\n", True)
-            assert "300ms" in error["error"]["message"] or "0.3" in error["error"]["message"]
+    async with raw_proxy(upstream, timeouts={"idle": "300ms"}, heartbeat=0) as proxy:
+        resp = await raw_request(proxy, "GET", "/", {})
+        error = await expect_error_then_truncation(resp, b"data: one\n\n", True)
+        assert "300ms" in error["error"]["message"] or "0.3" in error["error"]["message"]
 
 
 async def test_upstream_closing_a_chunked_body_early_is_truncation_not_a_clean_end() -> None:
@@ -118,7 +116,7 @@ async def test_upstream_closing_a_chunked_body_early_is_truncation_not_a_clean_e
         await writer.drain()
         writer.close()  # FIN without the final 0-chunk
 
-    async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+    async with raw_proxy(upstream) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         await expect_error_then_truncation(resp, b"data: one\n\n", True)
 
@@ -147,7 +145,7 @@ async def test_client_hang_up_cancels_the_upstream_within_a_second(silent: bool)
         finally:
             upstream_closed.set()
 
-    async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+    async with raw_proxy(upstream) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert await resp.next_chunk() == b"data: one\n\n"
         resp.writer.transport.abort()
@@ -156,12 +154,8 @@ async def test_client_hang_up_cancels_the_upstream_within_a_second(silent: bool)
 
 
 async def test_redirects_are_relayed_not_followed() -> None:
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-
-    async with raw_server(upstream) as url, running_proxy({"routes": [{"upstream": url}]}) as (proxy, _):
+    redirect = answers(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n")
+    async with raw_proxy(redirect) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert resp.status == 302
         assert resp.headers["location"] == "http://127.0.0.1:9/elsewhere"

@@ -14,7 +14,6 @@ import socket
 import struct
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,10 @@ from aiohttp import web
 from backports import zstd
 from helpers import WAIT, Gate, Truncated, raw_request, raw_server, read_head, running_app, running_proxy
 from procs import sseproxy_process
-from upstreams import echo_app, gated_stream_app
+from upstreams import answers, echo_app, gated_stream_app, raw_proxy
 
 from sseproxy.logs import Redactor
 from sseproxy.tap import Tap
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def test_an_unsolicited_response_on_an_idle_pooled_connection_never_reaches_the_next_client() -> None:
@@ -57,7 +54,7 @@ async def test_an_unsolicited_response_on_an_idle_pooled_connection_never_reache
                 first_closed.set()
             raise
 
-    async with raw_server(rogue) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    async with raw_proxy(rogue) as proxy:
         first = await raw_request(proxy, "GET", "/first", {})
         assert await first.body() == b"/first"
         await asyncio.wait_for(smuggled_sent.wait(), WAIT)
@@ -83,7 +80,7 @@ async def test_bytes_left_after_a_response_close_that_upstream_connection() -> N
                          + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
             await writer.drain()
 
-    async with raw_server(extra) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    async with raw_proxy(extra) as proxy:
         for i in range(3):
             resp = await raw_request(proxy, "GET", f"/r{i}", {})
             assert resp.status == 200 and await resp.body() == f"/r{i}".encode()
@@ -117,7 +114,7 @@ async def test_a_response_that_ends_before_the_request_body_was_sent_closes_the_
         del head
 
     body = b"x" * (8 * 1024 * 1024)
-    async with raw_server(answers_first) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    async with raw_proxy(answers_first) as proxy:
         host, port = proxy.removeprefix("http://").rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"POST /ignore HTTP/1.1\r\nHost: %s:%s\r\nContent-Length: %d\r\n\r\n"
@@ -237,7 +234,7 @@ async def test_a_reset_ending_a_close_delimited_body_is_an_upstream_error(
         rst(writer)
 
     with caplog.at_level(logging.INFO, logger="sseproxy.access"):
-        async with raw_server(close_delimited) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+        async with raw_proxy(close_delimited) as proxy:
             resp = await raw_request(proxy, "GET", "/", {})
             assert await resp.next_chunk() == first
             gate.release(b"")
@@ -255,12 +252,9 @@ async def test_a_reset_ending_a_close_delimited_body_is_an_upstream_error(
 
 
 async def test_a_close_delimited_body_ended_by_a_fin_is_complete() -> None:
-    async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: 1\n\n")
-        await writer.drain()
-
-    async with raw_server(close_delimited) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    close_delimited = answers(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                              b"data: 1\n\n")
+    async with raw_proxy(close_delimited) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert await resp.body() == b"data: 1\n\n"
 
@@ -290,7 +284,7 @@ async def test_a_flood_of_interim_responses_is_a_502() -> None:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
 
-    async with raw_server(early_hints) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    async with raw_proxy(early_hints) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert resp.status == 502
         body = json.loads(await resp.body())
@@ -298,24 +292,15 @@ async def test_a_flood_of_interim_responses_is_a_502() -> None:
 
 
 async def test_a_few_interim_responses_pass_before_the_final_one() -> None:
-    async def two_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 2
-                     + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-
-    async with raw_server(two_hints) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    two_hints = answers(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 2
+                        + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async with raw_proxy(two_hints) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert resp.status == 200 and await resp.body() == b"ok"
 
 
 async def test_a_control_character_in_an_upstream_header_is_a_502_not_a_500() -> None:
-    async def bad_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-
-    async with raw_server(bad_header) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    async with raw_proxy(answers(b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\nok")) as proxy:
         resp = await raw_request(proxy, "GET", "/", {})
         assert resp.status == 502
         assert json.loads(await resp.body())["error"]["type"] == "upstream_unavailable"
@@ -439,7 +424,7 @@ async def test_a_complete_response_with_extra_bytes_is_relayed_and_its_connectio
             writer.write(answer)
             await writer.drain()
 
-    async with raw_server(extra) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    async with raw_proxy(extra) as proxy:
         for _ in range(2):
             resp = await raw_request(proxy, method, "/", {})
             assert resp.status == int(answer.split(b" ")[1]) and resp.headers["x-head"] == "1"

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from helpers import WAIT, raw_request, raw_server, running_app, running_proxy
+from helpers import WAIT, raw_request, running_app, running_proxy
 from procs import sseproxy_process
-from upstreams import echo_app
+from upstreams import echo_app, raw_proxy
 
 
 def ws_upstream(events: list[Any]) -> web.Application:
@@ -187,7 +187,7 @@ async def test_an_invalid_client_handshake_is_400_before_any_upstream_connection
         connections.append(await reader.read(1024))
 
     headers = {k: v for k, v in {**HANDSHAKE, **change}.items() if v is not None}
-    async with raw_server(upstream) as up, running_proxy({"routes": [{"upstream": up}]}) as (proxy, _):
+    async with raw_proxy(upstream) as proxy:
         resp = await raw_request(proxy, method, "/hmr", headers)
         assert resp.status == 400 and resp.headers["content-type"].startswith("application/json")
         error = json.loads(await resp.body())["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import zlib
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from helpers import Gate, running_app, running_proxy
+from helpers import Gate, Handler, raw_server, read_head, running_app, running_proxy
 
 ENDINGS = {"LF": "\n", "CRLF": "\r\n", "CR": "\r"}
 CONTENT_TYPES = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
@@ -82,3 +83,24 @@ async def gated_proxy(content_type: str = "text/event-stream", encoding: str = "
     async with running_app(gated_stream_app(gate, content_type, encoding)) as upstream, \
             running_proxy({"routes": [{"upstream": upstream, **route}]}) as (proxy, _):
         yield gate, proxy
+
+
+def answers(response: bytes) -> Handler:
+    """A raw upstream (for ``raw_server``) that reads a request head, writes ``response`` byte for
+    byte, and closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(response)
+        await writer.drain()
+
+    return handle
+
+
+@contextlib.asynccontextmanager
+async def raw_proxy(handle: Handler, **route: Any) -> AsyncIterator[str]:
+    """A raw-socket upstream (``raw_server``) behind a running proxy with one route (``route`` adds
+    its keys); yields the proxy's base URL."""
+    async with raw_server(handle) as upstream, \
+            running_proxy({"routes": [{"upstream": upstream, **route}]}) as (proxy, _):
+        yield proxy
