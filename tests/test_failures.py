@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import struct
 
 import pytest
-from helpers import WAIT, Truncated, raw_request, read_head
+from helpers import WAIT, Truncated, raw_request, read_head, reset
 from upstreams import answers, raw_proxy
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -20,13 +18,6 @@ NDJSON_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransf
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Close with RST instead of FIN."""
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 async def expect_error_then_truncation(resp, first: bytes, expect_event: bool) -> dict:  # type: ignore[no-untyped-def]

@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import socket
-import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from backports import zstd
-from helpers import WAIT, Gate, Truncated, raw_request, raw_server, read_head, running_app, running_proxy
+from helpers import WAIT, Gate, Truncated, raw_request, raw_server, read_head, reset, running_app, running_proxy
 from procs import sseproxy_process
 from upstreams import answers, echo_app, gated_stream_app, raw_proxy
 
@@ -206,13 +205,6 @@ async def test_a_stream_that_expands_hugely_never_stalls_the_other_streams_or_he
             gate.release(None)
 
 
-def rst(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP reset, not a FIN."""
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 @pytest.mark.parametrize("kind", ["sse", "ndjson"])
 async def test_a_reset_ending_a_close_delimited_body_is_an_upstream_error(
         kind: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -231,7 +223,7 @@ async def test_a_reset_ending_a_close_delimited_body_is_an_upstream_error(
         writer.write(half)
         await writer.drain()
         await gate.next()
-        rst(writer)
+        reset(writer)
 
     with caplog.at_level(logging.INFO, logger="sseproxy.access"):
         async with raw_proxy(close_delimited) as proxy:
