@@ -10,18 +10,32 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from sseproxy.accesslog import AccessLog
 from sseproxy.config import Config
+from sseproxy.errors import ConfigError
+from sseproxy.loader import load
 from sseproxy.runtime import Runtime, compile_config
 from sseproxy.server import Listener
 
 WAIT = 5.0  # bound on every wait for something that should happen
 OPEN_CONNECTIONS: list[asyncio.StreamWriter] = []  # closed after each test by conftest
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]  # a raw upstream's connection
+
+
+def load_text(directory: Path, text: str, suffix: str = ".yaml") -> Config | list[str]:
+    """``text`` loaded as a config file (``suffix`` names its format) from ``directory``: the Config,
+    or its problems as "loc: message" lines."""
+    path = directory / f"c{suffix}"
+    path.write_text(text)
+    try:
+        return load(path, env={})
+    except ConfigError as e:
+        return [f"{p.loc}: {p.message}" for p in e.problems]
 
 
 def free_port() -> int:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import load_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from sseproxy.config import Config, Limits
-from sseproxy.errors import ConfigError, Outcome, ProxyError, TooManyStreams
+from sseproxy.errors import Outcome, ProxyError, TooManyStreams
 from sseproxy.limits import RETRY_AFTER, ConcurrencyLimits, Lease, StreamCounts, token_key
-from sseproxy.loader import load
 
 
 def test_a_key_gets_max_slots_and_a_released_one_is_taken_again() -> None:
@@ -131,20 +131,11 @@ TestLeaseMachine = LeaseMachine.TestCase
 TestLeaseMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
 
 
-def _config(tmp_path: Path, text: str) -> Config | list[str]:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    try:
-        return load(path, env={})
-    except ConfigError as e:
-        return [f"{p.loc}: {p.message}" for p in e.problems]
-
-
 def test_limits_config_top_level_default_route_override_and_off(tmp_path: Path) -> None:
-    config = _config(tmp_path, "limits: {concurrent_streams: 20, per: client}\nroutes:\n"
-                     "  - {path: /a, upstream: 'http://127.0.0.1:1'}\n"
-                     "  - {path: /b, upstream: 'http://127.0.0.1:1', limits: {concurrent_streams: 2}}\n"
-                     "  - {path: /c, upstream: 'http://127.0.0.1:1', limits: false}\n")
+    config = load_text(tmp_path, "limits: {concurrent_streams: 20, per: client}\nroutes:\n"
+                       "  - {path: /a, upstream: 'http://127.0.0.1:1'}\n"
+                       "  - {path: /b, upstream: 'http://127.0.0.1:1', limits: {concurrent_streams: 2}}\n"
+                       "  - {path: /c, upstream: 'http://127.0.0.1:1', limits: false}\n")
     assert isinstance(config, Config)
     a, b, c = (config.limits_for(r) for r in config.routes)
     assert a == Limits(concurrent_streams=20, per="client")
@@ -164,20 +155,20 @@ def test_limits_config_rejects_what_is_not_a_count(n: object) -> None:
 
 
 def test_limits_config_errors_name_the_key(tmp_path: Path) -> None:
-    found = _config(tmp_path, "routes:\n  - upstream: 'http://127.0.0.1:1'\n"
-                    "    limits: {concurrent_streams: -1, per: user, burst: 3}\n")
+    found = load_text(tmp_path, "routes:\n  - upstream: 'http://127.0.0.1:1'\n"
+                      "    limits: {concurrent_streams: -1, per: user, burst: 3}\n")
     assert isinstance(found, list)
     assert any(p.startswith("routes[0].limits.concurrent_streams:") for p in found)
     assert any(p.startswith("routes[0].limits.per:") for p in found)
     assert any(p.startswith("routes[0].limits.burst:") for p in found)
-    found = _config(tmp_path, "routes:\n  - {upstream: 'http://127.0.0.1:1', limits: true}\n")
+    found = load_text(tmp_path, "routes:\n  - {upstream: 'http://127.0.0.1:1', limits: true}\n")
     assert isinstance(found, list) and found[0].startswith("routes[0].limits: ")
 
 
 def test_per_token_needs_inbound_auth(tmp_path: Path) -> None:
     route = "routes:\n  - {upstream: 'http://127.0.0.1:1', limits: {concurrent_streams: 2, per: token}}\n"
-    found = _config(tmp_path, route)
+    found = load_text(tmp_path, route)
     assert isinstance(found, list) and "no inbound_auth" in found[0]
-    found = _config(tmp_path, "limits: {concurrent_streams: 2, per: token}\n" + route)
+    found = load_text(tmp_path, "limits: {concurrent_streams: 2, per: token}\n" + route)
     assert isinstance(found, list) and "limits.per: token" in found[0]
-    assert isinstance(_config(tmp_path, "inbound_auth: {tokens: [t]}\n" + route), Config)
+    assert isinstance(load_text(tmp_path, "inbound_auth: {tokens: [t]}\n" + route), Config)

@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import load_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sseproxy.config import Config, Retry
-from sseproxy.errors import ConfigError
-from sseproxy.loader import load
 from sseproxy.retry import NO_RETRY, NotReplayable, ReplayableBody, RetryPolicy, parse_retry_after
 
 NOW = 1_700_000_000.0  # a wall-clock time, as the caller would pass time.time()
@@ -190,24 +189,15 @@ async def test_any_body_any_abandon_point(parts: list[bytes], max_body: int, sto
 
 # --- the retry config keys ---
 
-def _config(tmp_path: Path, text: str, suffix: str = ".yaml") -> Config | list[str]:
-    path = tmp_path / f"c{suffix}"
-    path.write_text(text)
-    try:
-        return load(path, env={})
-    except ConfigError as e:
-        return [f"{p.loc}: {p.message}" for p in e.problems]
-
-
 def test_retry_config_as_the_spec_writes_it_in_yaml_and_toml(tmp_path: Path) -> None:
-    yaml = _config(tmp_path, "retry: {on: [429, 503], attempts: 2}\nroutes:\n  - upstream: 'http://127.0.0.1:1'\n"
-                   "    retry:\n      on: [429, 502, 503, 529]\n      attempts: 3\n      backoff: 250ms\n"
-                   "      max_backoff: 5s\n      max_body: 1MiB\n  - {path: /b, upstream: 'http://127.0.0.1:1'}\n"
-                   "  - {path: /c, upstream: 'http://127.0.0.1:1', retry: false}\n")
-    toml = _config(tmp_path, 'retry = {on = [429, 503], attempts = 2}\n[[routes]]\nupstream = "http://127.0.0.1:1"\n'
-                   'retry = {on = [429, 502, 503, 529], attempts = 3, backoff = "250ms", max_backoff = "5s", '
-                   'max_body = "1MiB"}\n[[routes]]\npath = "/b"\nupstream = "http://127.0.0.1:1"\n'
-                   '[[routes]]\npath = "/c"\nupstream = "http://127.0.0.1:1"\nretry = false\n', ".toml")
+    yaml = load_text(tmp_path, "retry: {on: [429, 503], attempts: 2}\nroutes:\n  - upstream: 'http://127.0.0.1:1'\n"
+                     "    retry:\n      on: [429, 502, 503, 529]\n      attempts: 3\n      backoff: 250ms\n"
+                     "      max_backoff: 5s\n      max_body: 1MiB\n  - {path: /b, upstream: 'http://127.0.0.1:1'}\n"
+                     "  - {path: /c, upstream: 'http://127.0.0.1:1', retry: false}\n")
+    toml = load_text(tmp_path, 'retry = {on = [429, 503], attempts = 2}\n[[routes]]\nupstream = "http://127.0.0.1:1"\n'
+                     'retry = {on = [429, 502, 503, 529], attempts = 3, backoff = "250ms", max_backoff = "5s", '
+                     'max_body = "1MiB"}\n[[routes]]\npath = "/b"\nupstream = "http://127.0.0.1:1"\n'
+                     '[[routes]]\npath = "/c"\nupstream = "http://127.0.0.1:1"\nretry = false\n', ".toml")
     assert isinstance(yaml, Config) and yaml == toml
     a, b, c = (RetryPolicy.from_config(yaml.retry_for(r)) for r in yaml.routes)
     assert a == RetryPolicy(frozenset({429, 502, 503, 529}), 3, 0.25, 5.0, 1024 * 1024)
@@ -220,15 +210,15 @@ def test_retry_defaults_are_the_spec_example() -> None:
 
 
 def test_retry_config_errors_name_the_key(tmp_path: Path) -> None:
-    found = _config(tmp_path, "routes:\n  - upstream: 'http://127.0.0.1:1'\n"
-                    "    retry: {on: [99, 600, 429], attempts: 0, max_body: lots, jitter: 1}\n")
+    found = load_text(tmp_path, "routes:\n  - upstream: 'http://127.0.0.1:1'\n"
+                      "    retry: {on: [99, 600, 429], attempts: 0, max_body: lots, jitter: 1}\n")
     assert isinstance(found, list)
     for key in ("retry.on[0]", "retry.on[1]", "retry.attempts", "retry.max_body", "retry.jitter"):
         assert any(p.startswith(f"routes[0].{key}: ") for p in found), (key, found)
     assert not any("on[2]" in p for p in found)
-    found = _config(tmp_path, "retry: {backoff: 10s, max_backoff: 1s}\n")
+    found = load_text(tmp_path, "retry: {backoff: 10s, max_backoff: 1s}\n")
     assert isinstance(found, list) and "max_backoff" in found[0]
-    found = _config(tmp_path, "retry: true\n")
+    found = load_text(tmp_path, "retry: true\n")
     assert isinstance(found, list) and found[0].startswith("retry: ")
-    found = _config(tmp_path, "retry: {attempts: true}\n")
+    found = load_text(tmp_path, "retry: {attempts: true}\n")
     assert isinstance(found, list) and found[0].startswith("retry.attempts: ")
