@@ -81,6 +81,15 @@ async def start(upstream: Upstream, proxy: str, headers: dict[str, str] | None =
     return response, sid
 
 
+async def start_with_one_event(upstream: Upstream, proxy: str, headers: dict[str, str] | None = None
+                               ) -> tuple[RawResponse, str]:
+    """A resumable stream started (as ``start``) whose first event the client has had, numbered 1."""
+    response, sid = await start(upstream, proxy, headers)
+    upstream.gate.release(event(1))
+    assert await next_event(response) == (sid, 1, "token 1")
+    return response, sid
+
+
 async def stored(runtime: Runtime, sid: str, n: int, store_url: str = "memory") -> None:
     """Wait (bounded) until event ``n`` is in the store: a gate, not a sleep."""
     store = runtime.resume_stores.get(store_url)
@@ -128,9 +137,7 @@ async def test_ids_hangup_and_resume_get_exactly_the_missed_events_then_live_one
 
 async def test_two_followers_at_once_each_get_every_event_once() -> None:
     async with resumable() as (upstream, proxy, _):
-        first, sid = await start(upstream, proxy)
-        upstream.gate.release(event(1))
-        assert (await next_event(first))[1] == 1
+        first, sid = await start_with_one_event(upstream, proxy)
         second = await raw_request(proxy, "GET", "/", {"Last-Event-ID": f"{sid}.0"})
         assert (await next_event(second))[1] == 1
         for i in (2, 3):
@@ -161,9 +168,7 @@ async def test_unknown_and_dropped_positions_are_410() -> None:
 async def test_a_resume_with_another_token_is_410() -> None:
     auth = {"inbound_auth": {"tokens": ["token-one-aaaaaaaa", "token-two-bbbbbbbb"]}}
     async with resumable(**auth) as (upstream, proxy, _):
-        first, sid = await start(upstream, proxy, {"Authorization": "Bearer token-one-aaaaaaaa"})
-        upstream.gate.release(event(1))
-        await next_event(first)
+        _first, sid = await start_with_one_event(upstream, proxy, {"Authorization": "Bearer token-one-aaaaaaaa"})
         other = await raw_request(proxy, "GET", "/", {"Authorization": "Bearer token-two-bbbbbbbb",
                                                        "Last-Event-ID": f"{sid}.0"})
         assert other.status == 410
@@ -175,9 +180,7 @@ async def test_a_resume_with_another_token_is_410() -> None:
 
 async def test_detach_running_out_cancels_the_upstream_and_ends_with_a_detached_error() -> None:
     async with resumable({"detach": "300ms"}) as (upstream, proxy, runtime):
-        first, sid = await start(upstream, proxy)
-        upstream.gate.release(event(1))
-        await next_event(first)
+        first, sid = await start_with_one_event(upstream, proxy)
         first.close()
         await asyncio.wait_for(upstream.closed.wait(), WAIT)  # the upstream saw its connection closed
         late = await raw_request(proxy, "GET", "/", {"Last-Event-ID": f"{sid}.1"})
@@ -290,9 +293,7 @@ def test_config_resume_key() -> None:
 
 async def test_a_reattach_before_detach_runs_out_keeps_the_upstream() -> None:
     async with resumable({"detach": "300ms"}) as (upstream, proxy, _):
-        first, sid = await start(upstream, proxy)
-        upstream.gate.release(event(1))
-        await next_event(first)
+        first, sid = await start_with_one_event(upstream, proxy)
         first.close()
         again = await raw_request(proxy, "GET", "/", {"Last-Event-ID": f"{sid}.1"})
         assert again.status == 200
@@ -311,9 +312,7 @@ async def test_a_limit_slot_is_held_while_the_stream_runs_detached_and_freed_at_
     """The concurrent-stream limit counts streams, not clients: a detached stream still generates
     tokens, so its slot stays taken until the stream ends (here: detach running out)."""
     async with resumable({"detach": "300ms"}, limits={"concurrent_streams": 1}) as (upstream, proxy, _):
-        first, _sid = await start(upstream, proxy)
-        upstream.gate.release(event(1))
-        await next_event(first)
+        first, _sid = await start_with_one_event(upstream, proxy)
         first.close()  # detached: the upstream runs on, the slot stays taken
         refused = await raw_request(proxy, "GET", "/", {})
         assert refused.status == 429
@@ -337,9 +336,7 @@ async def test_usage_is_counted_once_from_the_upstream_whoever_reads_it() -> Non
     are metered by the stream's producer, never by what a follower writes or replays."""
     usage = b'data: {"choices": [], "usage": {"prompt_tokens": 19, "completion_tokens": 10}}\n\n'
     async with resumable() as (upstream, proxy, runtime):
-        first, sid = await start(upstream, proxy)
-        upstream.gate.release(event(1))
-        await next_event(first)
+        first, sid = await start_with_one_event(upstream, proxy)
         first.close()
         for _ in range(100):  # bounded: until the starting request has ended (its line logged, counted)
             if metric_lines(runtime, 'sseproxy_client_hangups_total{route="/"} 1.0'):
