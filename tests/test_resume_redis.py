@@ -5,78 +5,85 @@ stopped, new streams still relay (without ids) and a resume gets 503."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from helpers import WAIT, raw_request, running_app, running_proxy
 from procs import read_lines_until, sseproxy_process
-from redis_server import redis_server
-from test_resume import Upstream, event, next_event, start, stored
+from redis_server import RedisServer, redis_server
+from test_resume import Upstream, event, next_event, start, start_with_one_event, stored
 
 from sseproxy.resume_redis import RedisStore
 from sseproxy.resume_store import Head, MemoryStore
+from sseproxy.runtime import Runtime
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(directory: Path) -> AsyncIterator[tuple[RedisServer, Upstream, tuple[str, Runtime],
+                                                               tuple[str, Runtime]]]:
+    """A redis-server (files in ``directory``), the gated upstream, and two proxies (replicas A and B)
+    with one resumable route to it on that Redis; yields Redis, the upstream and each proxy's base
+    URL and runtime."""
+    upstream = Upstream()
+    async with redis_server(directory) as redis, running_app(upstream.app()) as url:
+        route = {"upstream": url, "resume": {"store": redis.url}}
+        async with running_proxy({"heartbeat": 30, "routes": [route]}) as a, \
+                running_proxy({"heartbeat": 30, "routes": [route]}) as b:
+            yield redis, upstream, a, b
 
 
 async def test_a_stream_started_on_one_replica_is_resumed_on_another(tmp_path: Path) -> None:
-    upstream = Upstream()
-    async with redis_server(tmp_path) as redis, running_app(upstream.app()) as url:
-        route = {"upstream": url, "resume": {"store": redis.url}}
-        async with running_proxy({"heartbeat": 30, "routes": [route]}) as (a, runtime_a), \
-                running_proxy({"heartbeat": 30, "routes": [route]}) as (b, runtime_b):
-            first, sid = await start(upstream, a)
-            for i in (1, 2, 3):
-                upstream.gate.release(event(i))
-                assert await next_event(first) == (sid, i, f"token {i}")
-            first.close()  # hangs up on A
-            upstream.gate.release(event(4))
-            await stored(runtime_a, sid, 4, redis.url)
+    async with two_replicas(tmp_path) as (redis, upstream, (a, runtime_a), (b, runtime_b)):
+        first, sid = await start(upstream, a)
+        for i in (1, 2, 3):
+            upstream.gate.release(event(i))
+            assert await next_event(first) == (sid, i, f"token {i}")
+        first.close()  # hangs up on A
+        upstream.gate.release(event(4))
+        await stored(runtime_a, sid, 4, redis.url)
 
-            again = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.3"})
-            assert again.status == 200
-            assert again.headers["sseproxy-stream-id"] == sid
-            assert again.headers["x-upstream"] == "gated"
-            assert await next_event(again) == (sid, 4, "token 4")
-            upstream.gate.release(event(5))
-            assert await next_event(again) == (sid, 5, "token 5")  # live, through Redis
-            upstream.gate.release(None)
-            assert await again.next_chunk() is None  # the normal end, seen on B
-            assert len(upstream.requests) == 1
+        again = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.3"})
+        assert again.status == 200
+        assert again.headers["sseproxy-stream-id"] == sid
+        assert again.headers["x-upstream"] == "gated"
+        assert await next_event(again) == (sid, 4, "token 4")
+        upstream.gate.release(event(5))
+        assert await next_event(again) == (sid, 5, "token 5")  # live, through Redis
+        upstream.gate.release(None)
+        assert await again.next_chunk() is None  # the normal end, seen on B
+        assert len(upstream.requests) == 1
 
-            done = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.5"})
-            assert done.status == 204
-            assert not runtime_b.resume_stores.get(redis.url).local(sid)  # B served it from Redis
+        done = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.5"})
+        assert done.status == 204
+        assert not runtime_b.resume_stores.get(redis.url).local(sid)  # B served it from Redis
 
 
 async def test_redis_down_streams_relay_without_ids_and_resumes_get_503(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    upstream = Upstream()
-    async with redis_server(tmp_path) as redis, running_app(upstream.app()) as url:
-        route = {"upstream": url, "resume": {"store": redis.url}}
-        async with running_proxy({"heartbeat": 30, "routes": [route]}) as (a, runtime_a), \
-                running_proxy({"heartbeat": 30, "routes": [route]}) as (b, _):
-            first, sid = await start(upstream, a)
-            upstream.gate.release(event(1))
-            await next_event(first)
-            await redis.stop()
-            upstream.gate.release(event(2))  # Redis went away mid-stream: the stream goes on
-            assert await next_event(first) == (sid, 2, "token 2")
-            upstream.gate.release(None)
-            assert await first.next_chunk() is None
+    async with two_replicas(tmp_path) as (redis, upstream, (a, runtime_a), (b, _)):
+        first, sid = await start_with_one_event(upstream, a)
+        await redis.stop()
+        upstream.gate.release(event(2))  # Redis went away mid-stream: the stream goes on
+        assert await next_event(first) == (sid, 2, "token 2")
+        upstream.gate.release(None)
+        assert await first.next_chunk() is None
 
-            plain = await raw_request(a, "GET", "/", {"Accept": "text/event-stream"})
-            assert plain.status == 200
-            assert "sseproxy-stream-id" not in plain.headers
-            upstream.gate.release(event(7))
-            assert await plain.next_chunk() == event(7)  # as the upstream sent it, with its own id
-            resume = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.1"})
-            assert resume.status == 503
-            assert json.loads(await resume.body())["error"]["type"] == "resume_unavailable"
-            assert "sseproxy_resume_store_errors_total 1.0" in runtime_a.metrics.render().decode()
-            upstream.gate.release(None)
-            assert await plain.next_chunk() is None
-        warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
-        assert len(warnings) == 2  # logged once per replica, not per stream or per event
+        plain = await raw_request(a, "GET", "/", {"Accept": "text/event-stream"})
+        assert plain.status == 200
+        assert "sseproxy-stream-id" not in plain.headers
+        upstream.gate.release(event(7))
+        assert await plain.next_chunk() == event(7)  # as the upstream sent it, with its own id
+        resume = await raw_request(b, "GET", "/", {"Last-Event-ID": f"{sid}.1"})
+        assert resume.status == 503
+        assert json.loads(await resume.body())["error"]["type"] == "resume_unavailable"
+        assert "sseproxy_resume_store_errors_total 1.0" in runtime_a.metrics.render().decode()
+        upstream.gate.release(None)
+        assert await plain.next_chunk() is None
+    warnings = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(warnings) == 2  # logged once per replica, not per stream or per event
 
 
 async def test_a_follower_on_another_replica_keeps_the_stream_attached_until_it_leaves(tmp_path: Path) -> None:
