@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 E2E = Path(__file__).parent / "e2e"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -32,6 +33,19 @@ def require_browser_tools() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(reason + " (CI installs them: see .ci/run)")
         pytest.skip(reason)
+
+
+def page_site(pages: dict[str, str], *routes: web.RouteDef) -> web.Application:
+    """An upstream for a page test: each of ``pages`` (path: HTML) served as text/html, with
+    ``routes`` (the streams, scripts and so on the pages load) beside them."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=pages[request.path], content_type="text/html")
+
+    app = web.Application()
+    app.add_routes([web.get(path, page) for path in pages])
+    app.add_routes(routes)
+    return app
 
 
 class Browser:

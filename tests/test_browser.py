@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
-from browser import E2E, browser_page, require_browser_tools
+from browser import E2E, browser_page, page_site, require_browser_tools
 from helpers import Gate, free_port, running_app, running_proxy
 
 PAGE = """<!doctype html><meta charset=utf-8><title>stream</title><body>
@@ -39,9 +39,6 @@ EVENTS = 5
 
 
 def stream_site(gates: dict[str, Gate], sent: dict[str, float]) -> web.Application:
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
-
     async def stream(request: web.Request) -> web.StreamResponse:
         kind = "sse" if request.path.endswith("events") else "fetch"
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -52,11 +49,7 @@ def stream_site(gates: dict[str, Gate], sent: dict[str, float]) -> web.Applicati
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", page)
-    app.router.add_get("/api/events", stream)
-    app.router.add_post("/api/chat", stream)
-    return app
+    return page_site({"/": PAGE}, web.get("/api/events", stream), web.post("/api/chat", stream))
 
 
 async def test_page_gets_each_event_before_the_next_is_sent() -> None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from browser import E2E, Browser, browser_page, require_browser_tools
-from helpers import WAIT, Gate, running_app, running_proxy
+from browser import E2E, Browser, browser_page, page_site, require_browser_tools
+from helpers import WAIT, Gate, released_stream, running_app, running_proxy
 from test_resume import stored
 
 from sseproxy.runtime import Runtime
@@ -66,10 +66,6 @@ class Upstream:
     streams: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
 
     def app(self) -> web.Application:
-        async def page(request: web.Request) -> web.Response:
-            text = FES_PAGE if request.path == "/fes.html" else EVENTSOURCE_PAGE
-            return web.Response(text=text, content_type="text/html")
-
         async def module(request: web.Request) -> web.Response:
             name = request.match_info["name"].removesuffix(".js")  # the ESM build imports './fetch'
             if name not in ("index", "fetch", "parse"):
@@ -78,19 +74,10 @@ class Upstream:
 
         async def events(request: web.Request) -> web.StreamResponse:
             self.streams.append((request.method, dict(request.headers), await request.read()))
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-            await response.prepare(request)
-            while (data := await self.gate.next()) is not None:
-                await response.write(data)
-            await response.write_eof()
-            return response
+            return await released_stream(request, self.gate, {"Cache-Control": "no-cache"})
 
-        app = web.Application()
-        app.router.add_get("/", page)
-        app.router.add_get("/fes.html", page)
-        app.router.add_get("/fes/{name}", module)
-        app.router.add_route("*", "/events", events)
-        return app
+        return page_site({"/": EVENTSOURCE_PAGE, "/fes.html": FES_PAGE}, web.get("/fes/{name}", module),
+                         web.route("*", "/events", events))
 
 
 def token(i: int) -> bytes:
