@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import workers
-from .config import dump_for_humans, parse_listen
+from .addresses import parse_listen
+from .config import dump_for_humans
 from .errors import ConfigError, Problem
 from .loader import Expansion, Overrides, load
 from .logs import Redactor, setup

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from .config import Config, HeaderRules, RequestHeaderRules, Route, is_loopback_host
+from .addresses import is_loopback_host
+from .config import Config, HeaderRules, RequestHeaderRules, Route
 from .cors import CorsPolicy, compile_cors
 from .h1pool import H1Pools, address
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location

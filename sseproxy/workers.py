@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-from .config import parse_listen
+from .addresses import parse_listen
 
 READY = "sseproxy listening on "
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
