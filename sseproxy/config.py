@@ -2,85 +2,34 @@
 
 These models describe what the user wrote, validated; ``runtime.compile_config`` turns them into
 the objects a request uses. Secrets (injected header values, inbound tokens) are ``SecretStr``
-so that no repr, log line or ``check`` output can show them. Addresses are checked in ``addresses``.
+so that no repr, log line or ``check`` output can show them. Addresses are checked in ``addresses``,
+the field types the models are declared with are in ``config_fields``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
-from .addresses import check_upstream_url, is_loopback_host, parse_listen
 from .addresses import host_name_problem as host_name_problem  # importable from here, as before
-from .units import parse_duration, parse_size
+from .addresses import is_loopback_host, parse_listen
+from .config_fields import (
+    Compression,
+    Count,
+    Duration,
+    HeaderName,
+    HeaderValue,
+    Model,
+    SecretHeaderValue,
+    Size,
+    Upstreams,
+)
+from .config_fields import UpstreamUrl as UpstreamUrl  # importable from here, as before
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-Compression = Literal["auto", "pass", "identity"]
 DEFAULT_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")   # RFC 9110 field-name
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # what no field value may carry (tab may)
-
-
-def _header_name(name: str) -> str:
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"{name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
-    return name
-
-
-def _header_value(value: str) -> None:
-    """Refuse what aiohttp would refuse at send time (a 500 on every request). The message never
-    shows the value: it may be a secret."""
-    found = _CONTROL.search(value)
-    if found is None:
-        return
-    if found.group() in "\r\n":
-        raise ValueError("the value contains a line break (CR or LF), which no header value may carry "
-                         "(an environment variable or secret file of more than one line?)")
-    raise ValueError(f"the value contains a control character ({ord(found.group()):#04x}), which no header "
-                     "value may carry")
-
-
-def _plain_value(value: str) -> str:
-    _header_value(value)
-    return value
-
-
-def _secret_value(value: SecretStr) -> SecretStr:
-    _header_value(value.get_secret_value())
-    return value
-
-
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-HeaderValue = Annotated[str, AfterValidator(_plain_value)]
-SecretHeaderValue = Annotated[SecretStr, AfterValidator(_secret_value)]
-
-
-def _as_upstream_list(value: object) -> object:
-    """One URL or a list; a single URL is checked here so that its error names ``upstream`` itself."""
-    return [check_upstream_url(value)] if isinstance(value, str) else value
-
-
-UpstreamUrl = Annotated[str, BeforeValidator(check_upstream_url)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class HeaderRules(Model):
@@ -165,15 +114,6 @@ class InboundAuth(Model):
             if not token.get_secret_value().strip():
                 raise ValueError("an inbound token is empty (is its environment variable set?)")
         return tokens
-
-
-def _not_a_bool(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    return value
-
-
-Count = Annotated[int, BeforeValidator(_not_a_bool)]
 
 
 class Retry(Model):
@@ -263,7 +203,7 @@ class Route(Model):
     path: str = "/"
     host: str | None = None
     methods: list[str] | None = None
-    upstream: Annotated[list[UpstreamUrl], BeforeValidator(_as_upstream_list), Field(min_length=1)]
+    upstream: Upstreams
     strip_prefix: bool = True
     preserve_host: bool = False
     forwarded: bool = True

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from pydantic import TypeAdapter, ValidationError
 
 from .accesslog import AccessLog, RequestRecord
-from .config import UpstreamUrl
+from .config_fields import UpstreamUrl
 from .errors import BodyTooLarge, Outcome, ProxyError
 from .framing import StreamKind, stream_kind
 from .headers import without_hop_by_hop
