@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .config import Cors
+from .config_sections import Cors
 from .errors import Forbidden
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from .config import Limits
+from .config_sections import Limits
 from .errors import TooManyStreams
 
 Per = Literal["token", "client", "route"]

@@ -17,7 +17,7 @@ import email.utils
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .config import Retry
+from .config_sections import Retry
 
 
 @dataclass(frozen=True)

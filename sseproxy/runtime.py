@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from .addresses import is_loopback_host
-from .config import Config, HeaderRules, RequestHeaderRules, Route
+from .config import Config, Route
+from .config_sections import HeaderRules, RequestHeaderRules
 from .cors import CorsPolicy, compile_cors
 from .h1pool import H1Pools, address
 from .headers import OutboundPolicy, Rules, is_local_host, rewrite_location
