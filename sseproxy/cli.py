@@ -10,13 +10,14 @@ import os
 import resource
 import shutil
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import workers
 from .addresses import parse_listen
 from .cli_parser import parser
+from .cli_run import EXIT_USAGE, announce, fail, run_server
 from .config import dump_for_humans
 from .errors import ConfigError, Problem
 from .loader import Expansion, Overrides, load
@@ -25,31 +26,6 @@ from .recording import SECRET_HEADERS
 from .runtime import Snapshot, compile_config
 from .service import ServeOptions, Service, TapOptions
 from .units import format_duration
-
-EXIT_USAGE = 2
-
-
-def _fail(problems: list[Problem]) -> int:
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _run(coro: Coroutine[Any, Any, None], listen: str) -> int:
-    """Run a server until it stops, on uvloop where it is installed; 1 if it cannot listen."""
-    try:
-        import uvloop
-    except ImportError:
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(coro)
-    except OSError as e:
-        print(f"sseproxy: cannot listen on {listen}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def raise_open_file_limit() -> None:
@@ -62,10 +38,6 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _announce(line: str) -> None:
-    print(line, flush=True)
-
-
 def serve_overrides(args: argparse.Namespace) -> Overrides:
     extra = {"record": args.record} if args.record else {}
     return Overrides(listen=args.listen, routes=tuple(args.route), extra=extra)
@@ -76,10 +48,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load(args.config, overrides)
     except ConfigError as e:
-        return _fail(e.problems)
+        return fail(e.problems)
     if not config.routes:
-        return _fail([Problem(args.config or "command line", "routes",
-                              "no routes: give --route PREFIX=URL or a config file with routes")])
+        return fail([Problem(args.config or "command line", "routes",
+                             "no routes: give --route PREFIX=URL or a config file with routes")])
     redactor = Redactor()
     formatter = setup(args.log_format or "text", args.log_level, redactor,
                       access=args.log_format or config.access_log)
@@ -93,9 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             else None
         options = ServeOptions(args.config, overrides, watch=args.watch, tap=tap, reuse_port=args.reuse_port,
                                metrics_dir=os.environ.get(workers.MULTIPROC_ENV), log_format=args.log_format)
-        await Service(options, config, redactor, formatter).run(_announce)
+        await Service(options, config, redactor, formatter).run(announce)
 
-    return _run(main(), config.listen)
+    return run_server(main(), config.listen)
 
 
 def _tapping(args: argparse.Namespace) -> bool:
@@ -122,9 +94,9 @@ def _supervise(args: argparse.Namespace, listen: str) -> int:
 
     async def main() -> None:
         nonlocal status
-        status = await workers.supervise(worker_args, listen, args.workers, _announce)
+        status = await workers.supervise(worker_args, listen, args.workers, announce)
 
-    return _run(main(), listen) or status
+    return run_server(main(), listen) or status
 
 
 def _rules(rules: Any, loc: str, templated: frozenset[str] | None) -> dict[str, Any]:
@@ -197,7 +169,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load(args.file, found=found)
     except ConfigError as e:
-        return _fail(e.problems)
+        return fail(e.problems)
     print(f"{args.file}: ok, {len(config.routes)} route{'s' if len(config.routes) != 1 else ''}")
     if found.needed:
         missing = f"; not set here, checked with placeholders: {', '.join(sorted(found.missing))}" \
@@ -215,7 +187,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     async def mock_only() -> None:
         host, port = parse_listen(args.listen)
-        await demo.serve_mock_until_stopped(host, port, _announce)
+        await demo.serve_mock_until_stopped(host, port, announce)
 
     async def main() -> None:
         if args.resume:
@@ -235,12 +207,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             config = load(None, overrides)
             service = Service(ServeOptions(None, overrides), config, redactor)
 
-            def announce(line: str) -> None:
-                _announce(upstream)
-                _announce(line)
-                _announce(instructions(line.split(" ")[3]))
+            def on_ready(line: str) -> None:
+                announce(upstream)
+                announce(line)
+                announce(instructions(line.split(" ")[3]))
 
-            await service.run(announce)
+            await service.run(on_ready)
         finally:
             await stop_upstream()
 
@@ -248,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from . import demo_resume
 
         mock, port = await demo.start_mock(app=demo_resume.mock_app())
-        relay = demo_resume.CuttingRelay(demo_resume.CUT_AFTER, lambda n: _announce(
+        relay = demo_resume.CuttingRelay(demo_resume.CUT_AFTER, lambda n: announce(
             f"relay: dropped the page's stream after event {n}; EventSource reconnects by itself"))
         host, _ = parse_listen(args.listen)
         try:
@@ -256,14 +228,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             overrides = demo_resume.overrides(args.listen, port)
             service = Service(ServeOptions(None, overrides), load(None, overrides), redactor)
 
-            def announce(line: str) -> None:
+            def on_ready(line: str) -> None:
                 proxy_url = line.split(" ")[3]
                 relay.target = (host, int(proxy_url.rpartition(":")[2]))
-                _announce(f"mock LLM upstream on http://127.0.0.1:{port}")
-                _announce(line)
-                _announce(demo_resume.instructions(proxy_url, f"{proxy_url.rpartition(':')[0]}:{relay_port}"))
+                announce(f"mock LLM upstream on http://127.0.0.1:{port}")
+                announce(line)
+                announce(demo_resume.instructions(proxy_url, f"{proxy_url.rpartition(':')[0]}:{relay_port}"))
 
-            await service.run(announce)
+            await service.run(on_ready)
         finally:
             await relay.stop()
             await mock.cleanup()
@@ -271,15 +243,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         load(None, Overrides(listen=args.listen))
     except ConfigError as e:
-        return _fail(e.problems)
-    return _run(mock_only() if args.mock_only else main(), args.listen)
+        return fail(e.problems)
+    return run_server(mock_only() if args.mock_only else main(), args.listen)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from . import replay
 
     if args.record and not args.fallback:
-        return _fail([Problem("command line", "--record", "records what --fallback answers: give --fallback URL")])
+        return fail([Problem("command line", "--record", "records what --fallback answers: give --fallback URL")])
     problems = []
     try:
         host, port = parse_listen(args.listen)
@@ -288,20 +260,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.fallback and (problem := replay.check_fallback(args.fallback)):
         problems.append(Problem("command line", "--fallback", problem))
     if problems:
-        return _fail(problems)
+        return fail(problems)
     options = replay.ReplayOptions(
         Path(args.directory), speed=args.speed, ignore_fields=tuple(args.ignore_field), fallback=args.fallback,
         record=Path(args.record) if args.record else None, tap=args.tap)
     try:
         index = replay.load_index(options)
     except ConfigError as e:
-        return _fail(e.problems)
+        return fail(e.problems)
     setup(args.log_format, args.log_level, Redactor())
 
     async def main() -> None:
-        await replay.run(options, host, port, _announce, index)
+        await replay.run(options, host, port, announce, index)
 
-    return _run(main(), args.listen)
+    return run_server(main(), args.listen)
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     from .doctor import plot, report
