@@ -9,48 +9,18 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from .addresses import parse_listen
 from .cli_check import cmd_check
 from .cli_check import route_table as route_table  # importable from here, as before
 from .cli_demo import cmd_demo
 from .cli_parser import parser
-from .cli_run import EXIT_USAGE, announce, fail, run_server
+from .cli_replay import cmd_replay
+from .cli_run import EXIT_USAGE
 from .cli_serve import cmd_serve
 from .cli_serve import raise_open_file_limit as raise_open_file_limit  # importable from here, as before
 from .cli_serve import serve_overrides as serve_overrides  # importable from here, as before
-from .errors import ConfigError, Problem
-from .logs import Redactor, setup
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from . import replay
-
-    if args.record and not args.fallback:
-        return fail([Problem("command line", "--record", "records what --fallback answers: give --fallback URL")])
-    problems = []
-    try:
-        host, port = parse_listen(args.listen)
-    except ValueError as e:
-        problems.append(Problem("command line", "--listen", str(e)))
-    if args.fallback and (problem := replay.check_fallback(args.fallback)):
-        problems.append(Problem("command line", "--fallback", problem))
-    if problems:
-        return fail(problems)
-    options = replay.ReplayOptions(
-        Path(args.directory), speed=args.speed, ignore_fields=tuple(args.ignore_field), fallback=args.fallback,
-        record=Path(args.record) if args.record else None, tap=args.tap)
-    try:
-        index = replay.load_index(options)
-    except ConfigError as e:
-        return fail(e.problems)
-    setup(args.log_format, args.log_level, Redactor())
-
-    async def main() -> None:
-        await replay.run(options, host, port, announce, index)
-
-    return run_server(main(), args.listen)
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     from .doctor import plot, report
