@@ -1,65 +1,30 @@
-"""The command line: ``serve``, ``check``, ``demo``, ``replay`` and ``doctor``. The only module that prints or exits."""
+"""The command line: ``serve``, ``check``, ``demo``, ``replay`` and ``doctor``, dispatched to the
+``cli_*`` module of each; those are the only modules that print or exit.
+
+The grammar is in ``cli_parser``, what the subcommands share in ``cli_run``. Every name this module
+had is importable from here as before (``sseproxy.cli:main`` is the console script).
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import shutil
-import sys
 from collections.abc import Sequence
 
-from .cli_check import cmd_check
-from .cli_check import route_table as route_table  # importable from here, as before
+from .cli_check import cmd_check, route_table
 from .cli_demo import cmd_demo
+from .cli_doctor import cmd_doctor
 from .cli_parser import parser
 from .cli_replay import cmd_replay
 from .cli_run import EXIT_USAGE
-from .cli_serve import cmd_serve
-from .cli_serve import raise_open_file_limit as raise_open_file_limit  # importable from here, as before
-from .cli_serve import serve_overrides as serve_overrides  # importable from here, as before
+from .cli_serve import cmd_serve, raise_open_file_limit, serve_overrides
 
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
-    from .doctor import plot, report
-
-    method = (args.method or ("POST" if args.data is not None else "GET")).upper()
-    try:
-        doctor.parse_target(args.url)
-        if args.data is not None and args.data.startswith("@"):  # -d @FILE, as curl reads it
-            with open(args.data[1:], "rb") as f:
-                body = f.read()
-        else:
-            body = (args.data or "").encode()
-    except (ValueError, OSError) as e:
-        print(f"sseproxy doctor: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    request = doctor.Request(args.url, method, tuple(args.header), body, args.timeout, args.insecure)
-    progress = (lambda line: print(f"... {line}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
-    try:
-        result = asyncio.run(doctor.examine(request, progress))
-    except KeyboardInterrupt:
-        return 130
-    if result.browser.failure is not None:  # no response to report on: one line says why
-        print(f"sseproxy doctor: {result.causes[0].message}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report.to_json(result, method, args.url), indent=2))
-    elif result.browser.failure is None:
-        colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        print(report.text(result, method, args.url, colour, shutil.get_terminal_size().columns))
-    if args.plot:
-        try:
-            with open(args.plot, "w", encoding="utf-8") as f:
-                f.write(plot.svg(result, args.url))
-        except OSError as e:
-            print(f"sseproxy doctor: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
-            return EXIT_USAGE
-    return doctor.EXIT_CODES[result.verdict]
+__all__ = [
+    "EXIT_USAGE", "cmd_check", "cmd_demo", "cmd_doctor", "cmd_replay", "cmd_serve", "main", "parser",
+    "raise_open_file_limit", "route_table", "serve_overrides",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (the process's arguments by default) and run its subcommand; the exit status."""
     args = parser().parse_args(argv)
     commands = {"serve": cmd_serve, "check": cmd_check, "demo": cmd_demo, "replay": cmd_replay, "doctor": cmd_doctor}
     return commands[args.command](args)
