@@ -1,6 +1,7 @@
-"""The benchmark's load client: C concurrent streams, per-event added latency (receive time minus the
-origin's send stamp), events/s, MB/s, time to first event, the peak number of streams open at once,
-errors; and hang-ups, timed from the client's close to the moment the origin saw it."""
+"""The benchmark's load client: C concurrent streams, per-event added latency (the kernel's receive
+time of the read that carried the event, minus the origin's send stamp: ``stamped``), events/s,
+MB/s, time to first event, the peak number of streams open at once, errors; and hang-ups, timed
+from the client's close to the moment the origin saw it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from array import array
 from dataclasses import dataclass, field
 
 import aiohttp
-
-PREFIX = b'data: {"t": '
+import stamped
+from stamped import PREFIX
 
 
 def failed(result: Result, exc: BaseException | str) -> None:
@@ -39,46 +40,23 @@ def session() -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None, sock_read=60), auto_decompress=False)
 
 
-async def read_stream(http: aiohttp.ClientSession, url: str, result: Result, until: float | None = None,
-                      delay: float = 0.0) -> None:
-    """One stream, from its request to its end. ``delay`` staggers the start; time to first event
-    counts from the moment the request is made, not from the run's start."""
+async def read_stream(url: str, result: Result, until: float | None = None, delay: float = 0.0) -> None:
+    """One stream, from its request to its end, timed by the kernel's receive stamps (``stamped``).
+    ``delay`` staggers the start; time to first event counts from the moment the request is made,
+    not from the run's start."""
     if delay:
         await asyncio.sleep(delay)
-    started = time.time_ns()
-    opened = False
-    try:
-        async with http.get(url) as resp:
-            if resp.status != 200:
-                failed(result, f"HTTP {resp.status}")
-                return
-            opened = True
-            result.open_now += 1
-            result.open_peak = max(result.open_peak, result.open_now)
-            buf = bytearray()
-            first = True
-            async for chunk in resp.content.iter_any():
-                now = time.time_ns()
-                result.bytes += len(chunk)
-                buf += chunk
-                start = 0
-                while (end := buf.find(b"\n\n", start)) >= 0:
-                    if buf.startswith(PREFIX, start):
-                        stamp = int(buf[start + len(PREFIX): buf.index(b",", start)])
-                        result.latencies_ns.append(now - stamp)
-                        result.events += 1
-                        if first:
-                            result.ttfe_ns.append(now - started)
-                            first = False
-                    start = end + 2
-                del buf[:start]
-                if until is not None and time.monotonic() >= until:
-                    return
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        failed(result, exc)
-    finally:
-        if opened:
-            result.open_now -= 1
+
+    def opened() -> None:
+        result.open_now += 1
+        result.open_peak = max(result.open_peak, result.open_now)
+
+    def closed() -> None:
+        result.open_now -= 1
+
+    error = await stamped.read(url, result, until, opened, closed)
+    if error is not None:
+        failed(result, error)
 
 
 async def streams(base: str, count: int, events: int, interval: float, size: int, spread: float = 0.0) -> Result:
@@ -87,10 +65,9 @@ async def streams(base: str, count: int, events: int, interval: float, size: int
     result = Result()
     url = f"{base}/sse?n={events}&interval={interval}&size={size}"
     step = spread / count if count else 0.0
-    async with session() as http:
-        started = time.monotonic()
-        await asyncio.gather(*(read_stream(http, url, result, delay=i * step) for i in range(count)))
-        result.seconds = time.monotonic() - started
+    started = time.monotonic()
+    await asyncio.gather(*(read_stream(url, result, delay=i * step) for i in range(count)))
+    result.seconds = time.monotonic() - started
     return result
 
 
@@ -98,10 +75,9 @@ async def flood(base: str, count: int, seconds: float, size: int) -> Result:
     """``count`` streams of events sent as fast as possible, read for ``seconds``."""
     result = Result()
     url = f"{base}/sse?n=0&interval=0&size={size}"
-    async with session() as http:
-        started = time.monotonic()
-        await asyncio.gather(*(read_stream(http, url, result, until=started + seconds) for _ in range(count)))
-        result.seconds = time.monotonic() - started
+    started = time.monotonic()
+    await asyncio.gather(*(read_stream(url, result, until=started + seconds) for _ in range(count)))
+    result.seconds = time.monotonic() - started
     return result
 
 
