@@ -26,6 +26,7 @@ from .errors import BodyTooLarge, Forbidden, NotImplementedCoding, Outcome, Prox
 from .exchange import Exchange
 from .h1server import CLIENT_PROTOCOLS
 from .limits import Lease
+from .pacing import Pacer
 from .plan import plan_response
 from .relay_callbacks import CallbackRelay
 from .retry import ReplayableBody
@@ -81,6 +82,7 @@ class ProxyHandler:
         self.access_log = access_log
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None  # asked once: each ask is a getpid() syscall
+        self.pacer = Pacer()  # a few requests begun per turn of the loop, so open streams keep flowing
         self.websockets = websocket.WebSocketRelays()  # open WebSocket relays, closed with 1001 at shutdown
 
     def refused(self, refusal: ParserRefusal) -> None:
@@ -99,6 +101,7 @@ class ProxyHandler:
                                started=loop.time(), client=request.remote)
         exchange = Exchange(next(self._ids), request, snapshot, record, loop)
         try:
+            await self._paced(loop)  # before the work: a burst of new requests begins a few per turn
             return await self._serve(exchange)
         except ProxyError as error:
             return exchange.refuse(error)
@@ -182,6 +185,12 @@ class ProxyHandler:
         finally:
             if exchange.lease is not None:  # unless a resumable stream took it on, to hold while detached
                 exchange.lease.release()
+
+    async def _paced(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for a later turn of the loop when this one has begun its share of requests."""
+        held = self.pacer.turn(loop)
+        if held is not None:
+            await held
 
     def _lease(self, exchange: Exchange) -> Lease | None:
         """One of the route's concurrent-stream slots (``limits``), or 429 when they are all taken."""
