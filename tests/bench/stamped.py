@@ -23,6 +23,7 @@ PREFIX = b'data: {"t": '
 _TIMESTAMP = struct.Struct("@qq")  # struct timespec: seconds, nanoseconds
 _ANCILLARY = socket.CMSG_SPACE(_TIMESTAMP.size)
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value where Python does not name it
+UNTIL_GRACE = 2.0  # seconds a timed read waits past its end for one more read
 
 
 class StampedStream:
@@ -119,8 +120,13 @@ async def read(url: str, result: Any, until: float | None, on_open: Any, on_clos
         await asyncio.wait_for(loop.sock_connect(sock, (target.raw_host or "", target.port or 80)), 60)
         await loop.sock_sendall(sock, request)
         loop.add_reader(sock.fileno(), readable)
+        # a timed read ends at ``until`` even if this stream got nothing more (a starved stream counts
+        # what it got); any other waits at most five minutes
+        limit = 300.0 if until is None else max(0.0, until - time.monotonic()) + UNTIL_GRACE
         try:
-            return await asyncio.wait_for(done, 300)
+            return await asyncio.wait_for(done, limit)
+        except TimeoutError:
+            return None if until is not None else "TimeoutError"
         finally:
             loop.remove_reader(sock.fileno())
     except (OSError, TimeoutError) as error:
