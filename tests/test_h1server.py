@@ -4,12 +4,24 @@ and what it adds. Real sockets on 127.0.0.1, raw bytes where the framing matters
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 from helpers import WAIT, Gate, RawResponse, raw_request, read_head, running_app, running_listener
 from upstreams import echo_app, gated_stream_app
 
 from sseproxy.h1server import LeanProtocol
+
+
+@contextlib.asynccontextmanager
+async def stream_and_echo(gate: Gate) -> AsyncIterator[str]:
+    """The proxy with ``/sse`` to a gated event stream and everything else to an echo; its base URL."""
+    async with running_app(gated_stream_app(gate, "text/event-stream")) as stream_up, \
+            running_app(echo_app()) as echo_up, \
+            running_listener({"routes": [{"path": "/sse", "upstream": stream_up},
+                                         {"path": "/", "upstream": echo_up}]}) as (base, _):
+        yield base
 
 
 async def connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -26,10 +38,7 @@ async def response_after(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 
 async def test_pipelined_requests_are_answered_in_order_the_second_after_the_first_stream_ends() -> None:
     gate = Gate()
-    async with running_app(gated_stream_app(gate, "text/event-stream")) as stream_up, \
-            running_app(echo_app()) as echo_up, \
-            running_listener({"routes": [{"path": "/sse", "upstream": stream_up},
-                                         {"path": "/", "upstream": echo_up}]}) as (base, _):
+    async with stream_and_echo(gate) as base:
         reader, writer = await connect(base)
         try:
             writer.write(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -111,10 +120,7 @@ async def test_no_request_parser_is_kept_while_a_stream_runs() -> None:
 
 async def test_a_kept_alive_connection_carries_a_stream_then_a_plain_request() -> None:
     gate = Gate()
-    async with running_app(gated_stream_app(gate, "text/event-stream")) as stream_up, \
-            running_app(echo_app()) as echo_up, \
-            running_listener({"routes": [{"path": "/sse", "upstream": stream_up},
-                                         {"path": "/", "upstream": echo_up}]}) as (base, _):
+    async with stream_and_echo(gate) as base:
         first = await raw_request(base, "GET", "/sse", {})
         gate.release(b"data: 1\n\n")
         gate.release(None)
