@@ -73,6 +73,7 @@ class H1Response:
 
 class H1Connection(asyncio.Protocol):
     __slots__ = (  # one per stream in flight: no instance dict
+        "_batch",
         "_body_task",
         "_close_delimited",
         "_complete",
@@ -112,6 +113,7 @@ class H1Connection(asyncio.Protocol):
         self._sink: BodySink | None = None
         self._early: list[bytes] = []
         self._early_size = 0
+        self._batch: list[bytes] = []  # the body pieces of the read being parsed, given to the sink as one
         self._headers: list[tuple[str, str]] = []
         self._reason = ""
         self._interim = 0
@@ -148,6 +150,9 @@ class H1Connection(asyncio.Protocol):
                 self.abort()
                 return
             self._parse_failed()
+            return
+        if self._batch:
+            self._deliver()
 
     def _parse_failed(self) -> None:
         """Map what stopped the parser (re-raised here) to the error the client is told of."""
@@ -235,9 +240,8 @@ class H1Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._complete:
             return  # a body where none may be (HEAD): not relayed, and the connection is not reused
-        sink = self._sink
-        if sink is not None:
-            sink.body(body)
+        if self._sink is not None:
+            self._batch.append(body)  # one write for all the events of one read, not a write per chunk
             return
         self._early.append(body)
         self._early_size += len(body)
@@ -304,9 +308,19 @@ class H1Connection(asyncio.Protocol):
         self._end(error)
         self.abort()
 
+    def _deliver(self) -> None:
+        """The body pieces parsed from one read, to the sink in one call: a read that holds several
+        chunks (events that came close together) becomes one write to the client, not one each."""
+        batch, self._batch = self._batch, []
+        sink = self._sink
+        if sink is not None:
+            sink.body(batch[0] if len(batch) == 1 else b"".join(batch))
+
     def _end(self, error: BaseException | None) -> None:
         if not self._in_body:
             return
+        if self._batch:
+            self._deliver()
         self._in_body = False
         sink, self._sink = self._sink, None
         if sink is not None:
@@ -318,9 +332,8 @@ class H1Connection(asyncio.Protocol):
     def attach(self, sink: BodySink) -> None:
         early, self._early, self._early_size = self._early, [], 0
         ended = bool(early) and early[-1] == b""
-        for piece in early:
-            if piece:
-                sink.body(piece)
+        if len(early) > ended:  # what came with the head, in one piece (as ``_deliver`` gives a read's)
+            sink.body(b"".join(early))
         if ended:
             sink.finished(self._early_error)
             return

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.web_protocol import RequestHandler
 from helpers import WAIT, Gate, raw_server, read_head, running_app, running_proxy
-from upstreams import echo_app, gated_stream_app
+from upstreams import chunk, echo_app, gated_stream_app
 
 from sseproxy.aiohttp_internals import (
     HeldHeadResponse,
@@ -152,10 +152,6 @@ async def test_response_handler_closed_read_timeout_and_drop_timeout_on_a_real_r
         gate.release(None)
         assert await asyncio.wait_for(response.read(), WAIT) == b""
         response.close()
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 @pytest.mark.parametrize("rest", [

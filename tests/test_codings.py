@@ -19,7 +19,7 @@ import aiohttp.connector
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from helpers import WAIT, RawResponse, Truncated, raw_request, raw_server, read_head, running_app, running_proxy
-from upstreams import echo_app, raw_proxy
+from upstreams import chunk, echo_app, raw_proxy
 
 from sseproxy.config import Config
 from sseproxy.runtime import compile_config
@@ -30,10 +30,6 @@ ONE, TWO, THREE = b"id: 1\ndata: one\n\n", b"id: 2\ndata: two\n\n", b"id: 3\ndat
 def head(content_type: str, coding: str, extra: str = "Transfer-Encoding: chunked\r\n") -> bytes:
     return (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Encoding: {coding}\r\n{extra}\r\n"
             ).encode()
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def flushed(compressor: zlib._Compress, data: bytes) -> bytes:

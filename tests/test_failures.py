@@ -10,14 +10,9 @@ import json
 
 import pytest
 from helpers import WAIT, Truncated, raw_request, read_head, reset
-from upstreams import answers, raw_proxy
+from upstreams import SSE_HEAD, answers, chunk, raw_proxy
 
-SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
 NDJSON_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 async def expect_error_then_truncation(resp, first: bytes, expect_event: bool) -> dict:  # type: ignore[no-untyped-def]

@@ -7,8 +7,8 @@ import asyncio
 import zlib
 
 import pytest
-from helpers import WAIT, Gate, raw_request, running_app, running_proxy
-from upstreams import CONTENT_TYPES, ENDINGS, frames_for, gated_proxy, gated_stream_app
+from helpers import WAIT, Gate, raw_request, read_head, running_app, running_proxy
+from upstreams import CONTENT_TYPES, ENDINGS, SSE_HEAD, chunk, frames_for, gated_proxy, gated_stream_app, raw_proxy
 
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
@@ -160,3 +160,28 @@ async def test_idle_timer_restarts_with_every_byte_so_long_streams_are_never_cut
         assert loop.time() - started >= 0.9  # the stream outlived three idle periods
         gate.release(None)
         assert await resp.next_chunk(WAIT) is None
+
+
+async def test_the_events_of_one_upstream_read_go_to_the_client_in_one_write() -> None:
+    """Several upstream chunks in one read (events that came close together) are written to the client
+    as one chunk: one write, one syscall, not one per upstream chunk."""
+    gate = Gate()
+    events = [b"data: %d\n\n" % i for i in range(3)]
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(SSE_HEAD)
+        await gate.next()  # the client has the head: what follows comes in a read of its own
+        writer.write(b"".join(chunk(e) for e in events))
+        await gate.next()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_proxy(upstream) as proxy:
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert resp.status == 200
+        gate.release(b"")
+        assert await resp.next_chunk() == b"".join(events)
+        gate.release(None)
+        assert await resp.next_chunk() is None
+        resp.close()

@@ -14,6 +14,12 @@ from helpers import Gate, Handler, raw_server, read_head, running_app, running_p
 
 ENDINGS = {"LF": "\n", "CRLF": "\r\n", "CR": "\r"}
 CONTENT_TYPES = {"sse": "text/event-stream", "ndjson": "application/x-ndjson"}
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body, for raw upstreams."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def frames_for(kind: str, ending: str, count: int = 3) -> list[bytes]:
