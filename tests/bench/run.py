@@ -39,7 +39,7 @@ import uvloop
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-TARGETS = ["direct", "nginx", "sseproxy", "workers", "record", "resume"]
+TARGETS = ["direct", "nginx", "floor", "sseproxy", "workers", "record", "resume"]
 # Features measured side by side with plain sseproxy (run only when named in --targets): the same
 # one-process proxy with its route recording every exchange, or resumable (memory store).
 FEATURE_ROUTES = {"record": {"record": "{work}/recordings"}, "resume": {"resume": True}}
@@ -136,6 +136,7 @@ def services(args: argparse.Namespace, work: Path, pin: procs.Pinning, nginx: st
         "nginx": [nginx or "nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr"],
         "sseproxy": [*sse, f"127.0.0.1:{ports['sseproxy']}"],
         "workers": [*sse, f"127.0.0.1:{ports['workers']}", "--workers", "2"],
+        "floor": [py, str(HERE / "floor.py"), str(ports["floor"]), str(ports["origin"])],
     }
     for key, extra in FEATURE_ROUTES.items():
         route = {"path": "/", "upstream": origin_url,
@@ -144,7 +145,8 @@ def services(args: argparse.Namespace, work: Path, pin: procs.Pinning, nginx: st
         config.write_text(json.dumps({"listen": f"127.0.0.1:{ports[key]}", "routes": [route]}))
         commands[key] = [py, "-m", "sseproxy", "serve", "--config", str(config), "--log-level", "warning"]
     (work / "nginx.conf").write_text(NGINX_CONF.format(prefix=work, origin=ports["origin"], port=ports["nginx"]))
-    shown = {"direct": "direct", "nginx": "nginx", "sseproxy": "sseproxy", "workers": "sseproxy --workers 2",
+    shown = {"direct": "direct", "nginx": "nginx", "floor": "floor (Python relay, parses nothing)",
+             "sseproxy": "sseproxy", "workers": "sseproxy --workers 2",
              "record": "sseproxy, route recording", "resume": "sseproxy, route resumable"}
     targets = []
     for key in args.targets:
