@@ -36,6 +36,7 @@ class CallbackRelay(RelayState):
         "_client_paused",
         "_decoder",
         "_done",
+        "_ended",
         "_head",
         "_pending",
         "_pending_end",
@@ -54,6 +55,7 @@ class CallbackRelay(RelayState):
         self._client = protocol if isinstance(protocol, CLIENT_PROTOCOLS) else None
         self._chunked = "chunked" in response.headers.get("Transfer-Encoding", "")  # as prepare() chose
         self._done: asyncio.Future[None] = self._loop.create_future()
+        self._ended = False  # _done is done: a plain flag, read per event where a call would cost more
         self._client_left = False
         self._client_paused = False
         self._yielding = False
@@ -74,7 +76,8 @@ class CallbackRelay(RelayState):
         self._update_reading()
         try:
             await self._done
-        except asyncio.CancelledError:  # the client hung up: the handler is cancelled
+        except asyncio.CancelledError:  # the client hung up: the handler is cancelled (and _done with it)
+            self._ended = True
             self._upstream.close()
             raise
         finally:
@@ -117,22 +120,16 @@ class CallbackRelay(RelayState):
 
     # -- BodySink: called from the upstream protocol --------------------------------------------
     def body(self, data: bytes) -> None:
-        """The path every event takes: one clock read, the framer, one write, the hooks (about 1.5 µs
-        less per event than a call per step)."""
-        if self._done.done():
+        if self._ended:
             return
-        now = self._loop.time()
-        self.policy.last_read = now
         if self._decoder is None:
-            out = self._framed(data, now)
-            if out:
-                self._send(out, now)
+            self._emit(data)
             return
         self._pending = self._decoder.decode(data)
         self._relay_pending()
 
     def finished(self, error: BaseException | None) -> None:
-        if self._done.done():
+        if self._ended:
             return
         if self._pending is not None:
             self._pending_end = (error,)  # after the decoded pieces still waiting their turn
@@ -148,8 +145,11 @@ class CallbackRelay(RelayState):
         if tail:
             self._emit(tail)
         rest = self.framer.flush() if self.framer is not None else b""
-        if rest:
-            self._send(rest, self._loop.time())  # an incomplete last frame, passed on as the upstream ended it
+        if rest:  # an incomplete last frame, passed on as the upstream ended it
+            now = self._loop.time()
+            self._write(rest, now)
+            if self._hooks:
+                self._tell_hooks(rest, now)
         self._finish()
 
     def _relay_pending(self) -> None:
@@ -161,7 +161,7 @@ class CallbackRelay(RelayState):
             for piece in pieces:
                 self._emit(piece)
                 work += len(piece)
-                if self._done.done():
+                if self._ended:
                     break
                 if work >= YIELD_EVERY:
                     self._yielding = True
@@ -181,18 +181,28 @@ class CallbackRelay(RelayState):
             self.finished(error)
 
     def _emit(self, piece: bytes) -> None:
+        """The path every event takes, in one call: the clock read once, the framer, the write, the
+        hooks. Each Python call on it costs most when the stream is quiet between events (cold caches:
+        about 35 µs an event at one stream, against 12 µs at 200), so it makes as few as it can."""
         now = self._loop.time()
-        out = self._framed(piece, now)
-        if out:
-            self._send(out, now)
-
-    def _send(self, data: bytes, now: float) -> None:
-        """Body data from the upstream: written, then shown to the hooks."""
-        self._write(data, now)
+        policy = self.policy
+        policy.last_read = now
+        framer = self.framer
+        if framer is None:
+            out = piece
+        else:
+            out = framer.feed(piece)
+            if not out:
+                return
+            if self.first_event_at is None and framer.frames:
+                self.first_event_at = now
+        self._write(out, now)
         if self._hooks:
-            self._tell_hooks(data, now)
+            self._tell_hooks(out, now)
 
     def _write(self, data: bytes, now: float | None = None) -> None:
+        """Body data (or the proxy's own heartbeat or error frame) to the client, chunked as
+        ``prepare()`` chose; the held head goes with the first of it."""
         transport = self._transport
         if transport is None or transport.is_closing():
             self._client_left = True
@@ -217,7 +227,7 @@ class CallbackRelay(RelayState):
     # -- the stream's one timer -----------------------------------------------------------------
     def _arm(self) -> None:
         deadline = self.policy.deadline()
-        if deadline is not None and not self._done.done():
+        if deadline is not None and not self._ended:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -231,12 +241,14 @@ class CallbackRelay(RelayState):
         self._arm()
 
     def _fail(self, failure: ProxyError) -> None:
-        if self._done.done():
+        if self._ended:
             return
         self._failure = failure
         self._upstream.close()  # the upstream request is cancelled at once
         self._finish()
 
     def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
+        if not self._ended:
+            self._ended = True
+            if not self._done.done():
+                self._done.set_result(None)
