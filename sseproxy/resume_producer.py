@@ -7,7 +7,8 @@ pushes it to the followers in this process that are caught up. Nothing here wait
 Its cost is paid per event on the proxy's hot path, so it does per read what it can do once: one
 ``loop.time()``, one bytes format for the common event (one frame, LF endings, no ``id:`` of the
 upstream's), one push per follower. Its timers (the idle timeout and the detach clock) are one
-timer handle, re-armed only when it fires, never a task.
+timer handle, re-armed only when it fires, never a task. An upstream that sends faster than it can
+be numbered gets ``BURST`` bytes a loop turn, so ten such streams share the process evenly.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .usage import late_tokens
 log = logging.getLogger("sseproxy")
 MAX_COMMENTS = 64 * 1024  # bounds upstream comments held until the next event carries them
 GAUGE_EVERY = 64          # events between updates of the store-bytes gauge (it sums every store)
+BURST = 64 * 1024         # upstream bytes a producer handles a loop turn (more is paid off in later turns)
 
 
 def split_frames(out: bytes) -> list[bytes]:
@@ -99,10 +101,10 @@ class LiveFollower(Protocol):
 class Producer:
     """Reads one upstream body into the store, whoever follows it."""
 
-    __slots__ = ("_append", "_attaches", "_body_sent", "_comments", "_decoder", "_detach_at", "_detached", "_elsewhere",
-                 "_framer", "_gauge_at", "_id_prefix", "_idle", "_label", "_last_read", "_lease", "_loop", "_meters",
-                 "_runtime", "_settings", "_store", "_tasks", "_timer", "_upstream", "done", "followers", "key", "live",
-                 "n", "sid")
+    __slots__ = ("_append", "_attaches", "_body_sent", "_burst", "_comments", "_decoder", "_detach_at", "_detached",
+                 "_elsewhere", "_framer", "_gauge_at", "_id_prefix", "_idle", "_label", "_last_read", "_lease", "_loop",
+                 "_meters", "_runtime", "_settings", "_store", "_tasks", "_timer", "_upstream", "done", "followers",
+                 "key", "live", "n", "sid")
 
     def __init__(self, runtime: Runtime, exchange: Exchange, store: Store, sid: str,
                  upstream: h1.H1Response | aiohttp.ClientResponse, plan: StreamPlan, settings: ResumeSettings,
@@ -127,6 +129,7 @@ class Producer:
         self._gauge_at = GAUGE_EVERY
         self.followers = 0
         self._comments = b""
+        self._burst = 0            # upstream bytes handled since the loop last turned for this stream
         self._last_read = self._loop.time()
         self._detach_at: float | None = None  # when the detach clock runs out (None: running, or being checked)
         self._detached = False                # counted in the detached-streams gauge
@@ -189,15 +192,43 @@ class Producer:
                 self._feed(data)
             except ProxyError as error:
                 self._fail(error)
+        else:
+            now = self._last_read = self._loop.time()
+            framer = self._framer
+            before = framer.frames
+            out = framer.feed(data)
+            if out:
+                self._frames(out, framer.frames - before, now)
+            if framer.mid_frame:
+                self._fail(self._too_large())
+        self._burst += len(data)
+        if self._burst >= BURST and not self.done:
+            self._sit_out()
+
+    def _sit_out(self) -> None:
+        """Stop reading until the loop has turned. uvloop (libuv) reads a readable socket up to 32
+        times in one callback, 8 MiB at 256 KiB a read; numbering that many events held the loop
+        for hundreds of milliseconds, so under a flood it turned a few times a second, new requests
+        waited seconds to be accepted, and the streams whose sockets held most took nearly all of
+        it. Now each stream handles about ``BURST`` a turn, and followers and new requests get
+        their turn in between."""
+        upstream = self._upstream
+        assert isinstance(upstream, h1.H1Response)  # ``body`` is h1's sink; aiohttp's is read by ``_read``
+        upstream.pause()
+        self._loop.call_soon(self._turn, upstream)
+
+    def _turn(self, upstream: h1.H1Response) -> None:
+        """The loop turned: one ``BURST`` of what this stream read is paid off, and reading resumes
+        once less than one is owed. A stream that read 256 KiB at once sits out the next turns
+        while one whose reads were smaller goes on (a deficit round robin): the share each gets
+        does not depend on how much its socket happened to hold."""
+        self._burst -= BURST
+        if self.done:
             return
-        now = self._last_read = self._loop.time()
-        framer = self._framer
-        before = framer.frames
-        out = framer.feed(data)
-        if out:
-            self._frames(out, framer.frames - before, now)
-        if framer.mid_frame:
-            self._fail(self._too_large())
+        if self._burst >= BURST:
+            self._loop.call_soon(self._turn, upstream)
+        else:
+            upstream.resume()
 
     def finished(self, error: BaseException | None) -> None:
         if error is None:
