@@ -15,7 +15,8 @@ from .cli_doctor import cmd_doctor
 from .cli_parser import parser
 from .cli_replay import cmd_replay
 from .cli_run import EXIT_USAGE
-from .cli_serve import cmd_serve, raise_open_file_limit, serve_overrides
+from .cli_serve import cmd_serve, serve_overrides
+from .descriptors import raise_open_file_limit
 
 __all__ = [
     "EXIT_USAGE", "cmd_check", "cmd_demo", "cmd_doctor", "cmd_replay", "cmd_serve", "main", "parser",

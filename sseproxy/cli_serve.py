@@ -1,29 +1,18 @@
-"""``sseproxy serve``: load the config, set up logging and the open-file limit, then run the proxy
-in this process or supervise ``--workers`` processes running the same command."""
+"""``sseproxy serve``: load the config, set up logging, the open-file limit and the descriptor table, then
+run the proxy in this process or supervise ``--workers`` processes running the same command."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import resource
 
 from . import workers
 from .cli_run import announce, fail, run_server
+from .descriptors import raise_open_file_limit, size_table
 from .errors import ConfigError, Problem
 from .loader import Overrides, load
 from .logs import Redactor, setup
 from .service import ServeOptions, Service, TapOptions
-
-
-def raise_open_file_limit() -> None:
-    """Each stream holds two descriptors (client and upstream): lift the soft limit to the hard one,
-    as nginx's worker_rlimit_nofile would, so a default soft limit of 1,024 does not cap a server at
-    about 500 streams."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def serve_overrides(args: argparse.Namespace) -> Overrides:
@@ -49,6 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.workers > 1:
         return _supervise(args, config.listen)
+
+    size_table()  # in this process, which serves: a supervisor of --workers holds no streams
 
     async def main() -> None:
         tap = TapOptions(width=args.tap_width, routes=tuple(args.tap_route), field=args.tap_field) if _tapping(args) \
