@@ -1,7 +1,7 @@
 """sseproxy side by side with direct (no proxy) and nginx, in one run on one machine: issue 11's table.
 
-    python tests/bench/run.py [--quick] [--only NAME[,NAME]] [--targets direct,nginx,sseproxy,workers]
-                              [--profile SCENARIO] [--out FILE] [--no-pin]
+    python tests/bench/run.py [--quick] [--only NAME[,NAME]] [--targets direct,nginx,floor,sseproxy,workers]
+                              [--repeat N] [--profile SCENARIO] [--out FILE] [--no-pin]
 
 Starts the origin, nginx (installed from Debian's package if missing: proxy_buffering off, HTTP/1.1
 upstream with keep-alive, one worker process) and sseproxy at its defaults, in one process and with
@@ -9,6 +9,11 @@ upstream with keep-alive, one worker process) and sseproxy at its defaults, in o
 load client) to the second. Runs every scenario against each target; prints a markdown table per scenario
 with each figure and its ratio to nginx and to direct, then issue 11's targets with sseproxy's figure,
 nginx's, the ratio and whether it is met. Everything it starts, it stops, by PID.
+
+--targets floor adds the least a Python relay on uvloop can do (floor.py: bytes from one socket to the
+other, parsing nothing), to read sseproxy against what any Python proxy pays here. --repeat N runs each
+scenario N times, the targets taking turns, and reports each figure's median: on a shared machine one
+run's tail figures (p99, max) move by several times from run to run, nginx's too.
 
 Scenarios (--only, --profile): latency1, fanout200, open1000, throughput, idle1000, idle10000,
 download, hangup. --profile runs py-spy on each one-process sseproxy target (sseproxy, record, resume)
@@ -104,6 +109,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--profile-dir", default=str(HERE / "profiles"), help="where --profile writes")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each scenario N times, the targets taking turns, and report the medians")
     args = parser.parse_args()
     args.only = names(args.only, scenarios.NAMES, "scenario")
     args.targets = names(args.targets, TARGETS, "target")
@@ -213,7 +220,7 @@ def main() -> None:
         origin, targets = services(args, work, pin, nginx)
         started = [origin, *(t.service for t in targets if t.service)]
         bench = scenarios.Bench(targets, f"http://127.0.0.1:{origin.port}", args.quick, args.profile,
-                                Path(args.profile_dir), pyspy, pin.rest)
+                                Path(args.profile_dir), pyspy, pin.rest, max(1, args.repeat))
         try:
             for service in started:
                 try:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ class Bench:
     profile_dir: Path | None = None
     pyspy: str | None = None
     helper_cpus: frozenset[int] | None = None
+    repeat: int = 1  # runs of each scenario, the targets taking turns; the figures are their medians
     results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # scenario -> target -> figures
     notes: list[str] = field(default_factory=list)
 
@@ -228,24 +231,53 @@ async def run_one(bench: Bench, sc: Scenario, t: Target) -> tuple[dict[str, floa
 
 
 async def run(bench: Bench, sc: Scenario) -> str:
-    title = sc.title(bench)
+    """The scenario ``bench.repeat`` times, the targets taking turns in each round, so a quiet or busy
+    moment of a shared machine falls on all of them alike; each figure is the median of the runs, and
+    errors are their total."""
+    title = sc.title(bench) + (f" (median of {bench.repeat} runs, the targets taking turns)" if bench.repeat > 1
+                               else "")
+    runs: dict[str, list[dict[str, float]]] = {t.key: [] for t in bench.targets}
+    kinds: dict[str, Counter[str]] = {t.key: Counter() for t in bench.targets}
+    failed: dict[str, str] = {}
+    for _ in range(bench.repeat):
+        for t in bench.targets:
+            if t.key in failed:
+                continue
+            began = time.monotonic()
+            try:
+                figures, found = await run_one(bench, sc, t)
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    message = f"timed out after {sc.timeout:.0f} s"
+                failed[t.key] = message
+                print(f"  {sc.key}: {t.name} FAILED: {message}", file=sys.stderr)
+                traceback.print_exc(limit=3, file=sys.stderr)
+                continue
+            runs[t.key].append(figures)
+            kinds[t.key].update(found)
+            print(f"  {sc.key}: {t.name} done in {time.monotonic() - began:.1f} s", file=sys.stderr)
     rows: list[tuple[str, dict[str, float] | str, dict[str, int]]] = []
     for t in bench.targets:
-        began = time.monotonic()
-        try:
-            figures, kinds = await run_one(bench, sc, t)
-            bench.results.setdefault(sc.key, {})[t.key] = figures
-            rows.append((t.name, figures, kinds))
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                message = f"timed out after {sc.timeout:.0f} s"
-            rows.append((t.name, f"failed: {message}", {}))
-            print(f"  {sc.key}: {t.name} FAILED: {message}", file=sys.stderr)
-            traceback.print_exc(limit=3, file=sys.stderr)
+        if t.key in failed:
+            rows.append((t.name, f"failed: {failed[t.key]}", {}))
             continue
-        print(f"  {sc.key}: {t.name} done in {time.monotonic() - began:.1f} s", file=sys.stderr)
+        figures = medians(runs[t.key])
+        bench.results.setdefault(sc.key, {})[t.key] = figures
+        rows.append((t.name, figures, dict(kinds[t.key])))
     return table(title, rows, sc.lower)
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs (errors: their total), in the first run's order."""
+    out: dict[str, float] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if key in r and not math.isnan(r[key])]
+        if key == "errors":
+            out[key] = sum(values)
+        else:
+            out[key] = statistics.median(values) if values else NAN
+    return out
 
 
 def cell(value: float) -> str:
