@@ -125,6 +125,7 @@ class CallbackRelay(RelayState):
         if self._decoder is None:
             self._emit(data)
             return
+        self.policy.last_read = self._loop.time()  # every read restarts the idle clock, decoded to bytes or not
         self._pending = self._decoder.decode(data)
         self._relay_pending()
 

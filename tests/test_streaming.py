@@ -185,3 +185,28 @@ async def test_the_events_of_one_upstream_read_go_to_the_client_in_one_write() -
         gate.release(None)
         assert await resp.next_chunk() is None
         resp.close()
+
+
+async def test_compressed_bytes_that_decode_to_nothing_yet_still_restart_the_idle_timer() -> None:
+    """Idle is the upstream's silence between bytes, not between decoded events: a gzip header that
+    arrives a byte at a time for twice the idle timeout (each byte decodes to nothing) is not cut."""
+    compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    body = compressor.compress(b"data: late\n\n") + compressor.flush()
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(head)
+        for i in range(10):  # the 10-byte gzip header, a byte every 0.1 s: never silent for the 0.5 s idle
+            writer.write(chunk(body[i:i + 1]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(chunk(body[10:]) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_proxy(upstream, timeouts={"idle": "500ms"}, heartbeat=0) as proxy:
+        resp = await raw_request(proxy, "GET", "/", {})
+        assert await resp.next_chunk() == b"data: late\n\n"
+        assert await resp.next_chunk() is None
+        resp.close()
