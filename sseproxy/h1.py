@@ -152,7 +152,11 @@ class H1Connection(asyncio.Protocol):
             self._parse_failed()
             return
         if self._batch:
-            self._deliver()
+            try:
+                self._deliver()
+            except Exception:  # the proxy's own failure (a hook's): logged as such, this exchange ends
+                log.exception("internal error while relaying an upstream body")
+                self._fail(UpstreamError("the proxy failed while relaying the upstream's body"))
 
     def _parse_failed(self) -> None:
         """Map what stopped the parser (re-raised here) to the error the client is told of."""
@@ -204,7 +208,8 @@ class H1Connection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._complete:  # a second response in the same read as the first: never taken as one
+        if self._complete or self.idle:  # a second response in the read of the first (which may already
+            # have been released and parked, by a sink that ends in its callback): never taken as one
             self._trailing = True
             raise UpstreamUnavailable("bytes after a complete response")
         self._headers = []
@@ -330,6 +335,7 @@ class H1Connection(asyncio.Protocol):
             self._early_error = error
 
     def attach(self, sink: BodySink) -> None:
+        held_back = self._early_size > EARLY_BODY
         early, self._early, self._early_size = self._early, [], 0
         ended = bool(early) and early[-1] == b""
         if len(early) > ended:  # what came with the head, in one piece (as ``_deliver`` gives a read's)
@@ -338,7 +344,8 @@ class H1Connection(asyncio.Protocol):
             sink.finished(self._early_error)
             return
         self._sink = sink
-        self.resume_reading()
+        if held_back:  # reading paused for the body held before the sink came; the sink's own pause stays
+            self.resume_reading()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._lost:

@@ -20,8 +20,9 @@ from aiohttp import web
 from backports import zstd
 from helpers import WAIT, Gate, Truncated, raw_request, raw_server, read_head, reset, running_app, running_proxy
 from procs import sseproxy_process
-from upstreams import answers, echo_app, gated_stream_app, raw_proxy
+from upstreams import SSE_HEAD, answers, chunk, echo_app, gated_stream_app, raw_proxy
 
+from sseproxy.hooks import ExchangeInfo
 from sseproxy.logs import Redactor
 from sseproxy.tap import Tap
 
@@ -423,3 +424,96 @@ async def test_a_complete_response_with_extra_bytes_is_relayed_and_its_connectio
             if method != "HEAD":
                 assert await resp.body() == relayed
     assert connections == 2  # never reused after the extra bytes
+
+
+async def test_extra_bytes_after_a_resumable_stream_never_reach_the_pooled_connection() -> None:
+    """A resumable stream's producer releases its upstream connection from inside the read that ended
+    the body; a second response in that same read must not be parsed into the connection now in the
+    pool (the next request would get it, or wait on a parser left mid-message): it is closed instead."""
+    connections = 0
+    gate = Gate()
+    stale = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def extra(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await read_head(reader)
+                writer.write(SSE_HEAD + chunk(b"data: one\n\n"))
+                await gate.next()  # the producer is attached: the end and the extra bytes come in one read
+                writer.write(b"0\r\n\r\n" + stale + chunk(b"data: stale\n\n"))
+                await writer.drain()
+
+    async with raw_proxy(extra, resume=True) as proxy:
+        for _ in range(2):
+            resp = await raw_request(proxy, "GET", "/", {"Accept": "text/event-stream"})
+            assert resp.status == 200
+            assert b"data: one" in await resp.next_event()
+            gate.release(b"")
+            rest = await resp.body()
+            assert b"stale" not in rest
+            resp.close()
+    assert connections == 2  # the connection that carried the extra bytes was not reused
+
+
+class FailingOnce:
+    """A feature whose hook raises on the first body it is shown (a defect in it, not in the upstream)."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def open(self, info: ExchangeInfo) -> FailingOnce:
+        return self
+
+    def request_body(self, chunk: bytes) -> None:
+        pass
+
+    def response(self, status: int, headers: object, kind: object) -> None:
+        pass
+
+    def data(self, chunk: bytes, at: float, frames: int) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a defect in a feature")
+
+    def end(self, record: object) -> None:
+        pass
+
+
+async def test_a_hook_that_raises_ends_its_stream_with_an_error_event_and_is_logged_as_the_proxys(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The relay's callback catches it: the client gets the error event and a truncated end, the log
+    says it was the proxy's failure, and the next stream is relayed."""
+    gates = [Gate(), Gate()]  # one per upstream connection, in the order they come
+    served = 0
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        gate, served = gates[served], served + 1
+        await read_head(reader)
+        writer.write(SSE_HEAD)
+        with contextlib.suppress(ConnectionError):
+            while (event := await gate.next()) is not None:  # after the head: the relay is attached
+                writer.write(chunk(event))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_server(upstream) as origin, running_proxy({"routes": [{"upstream": origin}]}) as (proxy, runtime):
+        runtime.hooks = (*runtime.hooks, FailingOnce())
+        with caplog.at_level(logging.ERROR, logger="sseproxy"):
+            resp = await raw_request(proxy, "GET", "/", {})
+            gates[0].release(b"data: one\n\n")
+            assert await resp.next_event() == b"data: one\n\n"  # written before the hooks are told of it
+            event = await resp.next_event()
+            assert event.startswith(b"event: error") and b"upstream_error" in event
+            with pytest.raises(Truncated):
+                await resp.next_chunk()
+        assert any("internal error while relaying" in r.getMessage() for r in caplog.records)
+        again = await raw_request(proxy, "GET", "/", {})
+        gates[1].release(b"data: two\n\n")
+        assert await again.next_event() == b"data: two\n\n"
+        gates[1].release(None)
+        assert await again.next_chunk() is None
+        again.close()
