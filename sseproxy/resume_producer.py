@@ -38,6 +38,7 @@ log = logging.getLogger("sseproxy")
 MAX_COMMENTS = 64 * 1024  # bounds upstream comments held until the next event carries them
 GAUGE_EVERY = 64          # events between updates of the store-bytes gauge (it sums every store)
 BURST = 64 * 1024         # upstream bytes a producer handles a loop turn (more is paid off in later turns)
+QUIET = 0.001             # seconds between reads after which a stream's balance is forgiven (a later turn)
 
 
 def split_frames(out: bytes) -> list[bytes]:
@@ -129,7 +130,7 @@ class Producer:
         self._gauge_at = GAUGE_EVERY
         self.followers = 0
         self._comments = b""
-        self._burst = 0            # upstream bytes handled since the loop last turned for this stream
+        self._burst = 0            # upstream bytes read close together and not yet paid off by a turn sat out
         self._last_read = self._loop.time()
         self._detach_at: float | None = None  # when the detach clock runs out (None: running, or being checked)
         self._detached = False                # counted in the detached-streams gauge
@@ -187,6 +188,7 @@ class Producer:
         for the common case (no decoder)."""
         if self.done:
             return
+        last = self._last_read
         if self._decoder is not None:
             try:
                 self._feed(data)
@@ -201,6 +203,8 @@ class Producer:
                 self._frames(out, framer.frames - before, now)
             if framer.mid_frame:
                 self._fail(self._too_large())
+        if self._last_read - last > QUIET:  # the first read after a quiet spell owes nothing
+            self._burst = 0
         self._burst += len(data)
         if self._burst >= BURST and not self.done:
             self._sit_out()
