@@ -1,13 +1,13 @@
 """The process's descriptors, set up once at start: the open-file limit, and the kernel's table of
 descriptors sized for it.
 
-Linux doubles a process's descriptor table when a new descriptor does not fit in it (at 256, 512,
-1,024, and so on). In a process with more than one thread (uvloop's libuv workers are four), each
-doubling first waits for an RCU grace period (``synchronize_rcu`` in ``expand_fdtable``): measured
-here, the ``socket()`` that made descriptor 256 took 14 ms, with the event loop stopped and every
-stream waiting. A burst of 1,000 streams crosses four of those. nginx, single-threaded, never waits
-on it. Grown once at start, before any stream, the table never shrinks, and those ``accept()`` and
-``socket()`` calls stay cheap.
+Linux doubles a process's descriptor table when a new descriptor does not fit in it (at 64, 128,
+256, and so on: a process starts with 64, or with its parent's size). In a process with more than
+one thread (uvloop's libuv workers are four), each doubling first waits for an RCU grace period
+(``synchronize_rcu`` in ``expand_fdtable``): measured here, the ``socket()`` that made descriptor 256
+took 14 ms, with the event loop stopped and every stream waiting. A burst of 1,000 streams crosses
+four of those. nginx, single-threaded, never waits on it. Grown once at start, before any stream,
+the table never shrinks, and those ``accept()`` and ``socket()`` calls stay cheap.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import resource
 
 TABLE = 65_536  # descriptors the table is sized for at start, at most: 512 KiB of kernel memory
-SMALLEST = 256  # a table the kernel starts a process with holds at least this many
+SMALLEST = 64   # the table every process starts with holds this many (NR_OPEN_DEFAULT, BITS_PER_LONG)
 
 
 def raise_open_file_limit() -> None:

@@ -19,9 +19,11 @@ from sseproxy.descriptors import TABLE
 # Run in a child under a given limit: what size_table returns, the descriptors open before and after,
 # the table's size (FDSize) and whether a descriptor the child holds at the top is still open.
 CHILD = """
-import json, os, sys
+import json, os, resource, sys
 from sseproxy.descriptors import size_table
-top = int(sys.argv[1])
+limit, hold_top = int(sys.argv[1]), sys.argv[2] == "hold"
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+top = limit - 1 if hold_top else 0
 held = None
 if top:
     held = os.dup2(os.open(os.devnull, os.O_RDONLY), top)
@@ -37,9 +39,8 @@ print(json.dumps({"sized": sized, "before": before, "after": after, "fdsize": fd
 def run_child(limit: int, hold_top: bool = False) -> dict[str, object]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = min(limit, hard)
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(limit - 1 if hold_top else 0)], capture_output=True, text=True, timeout=30,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard)), check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, str(limit), "hold" if hold_top else "-"],
+                         capture_output=True, text=True, timeout=30, check=True)
     result: dict[str, object] = json.loads(out.stdout)
     result["limit"] = limit
     return result
@@ -71,9 +72,9 @@ def test_the_table_is_sized_for_the_soft_limit_and_no_descriptor_is_left_open() 
 
 
 def test_a_limit_within_the_table_a_process_starts_with_is_left_alone() -> None:
-    child = run_child(100)
+    """(The table's size itself is not asserted: a child starts with its parent's, whatever that is.)"""
+    child = run_child(60)
     assert child["sized"] == 0
-    assert isinstance(child["fdsize"], int) and child["fdsize"] <= 256
     assert child["before"] == child["after"]
 
 
