@@ -154,3 +154,27 @@ async def test_a_remote_read_ends_when_its_task_is_cancelled_wherever_the_cancel
         finally:
             await following.close()
             await producing.close()
+
+
+async def test_the_follow_mark_of_a_replica_that_died_runs_out_with_its_lease(tmp_path: Path) -> None:
+    """A replica that dies while following never takes its mark back. The mark holds until when it was
+    last kept (a lease a live follower renews every FOLLOW_REFRESH), so the producer's replica counts
+    the stream as followed until the lease runs out and not after; then its detach clock starts.
+    Here a mark is set as a follower sets it, with a 0.3 s lease, and never renewed or taken back."""
+    async with redis_server(tmp_path) as redis:
+        store = RedisStore(redis.url, MemoryStore(1 << 20))
+        sid = "D" * 24
+        try:
+            assert await store.followed_elsewhere(sid) is None  # nobody has followed it
+            await store._attach(keys=[store._followers(sid)], args=["died", 300, 60_000])
+            since = await store.followed_elsewhere(sid)
+            assert since is not None and since < 0  # followed: the lease runs
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT
+            while since is not None and since < 0 and loop.time() < deadline:  # bounded in time
+                await asyncio.sleep(0.05)
+                since = await store.followed_elsewhere(sid)
+            assert since is not None and 0 <= since < WAIT  # ran out: the time since, not "never followed"
+            assert loop.time() < deadline
+        finally:
+            await store.close()
