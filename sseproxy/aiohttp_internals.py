@@ -395,6 +395,17 @@ def take_head(response: web.StreamResponse) -> bytes:
     return head
 
 
+def mark_ended(response: web.StreamResponse) -> None:
+    """The caller wrote the body's end itself (the callback relay: the last chunk with the last
+    events, one write): the response counts as ended, and its own ``write_eof()`` writes nothing."""
+    writer = response._payload_writer
+    if isinstance(writer, StreamWriter):
+        writer._eof = True
+    response._eof_sent = True
+    response._req = None
+    response._payload_writer = None
+
+
 class PreparableRequest:
     """The part of a request ``StreamResponse.prepare()`` reads beyond the public API: the writer the
     response goes out on (``_payload_writer``) and the hook for the app's ``on_response_prepare``

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -38,8 +38,9 @@ class BodySink(Protocol):
     def body(self, data: bytes) -> None:
         """A piece of the response body (de-chunked), in the protocol's callback."""
 
-    def finished(self, error: BaseException | None) -> None:
-        """The body ended: cleanly (``None``) or not."""
+    def finished(self, error: BaseException | None, last: bytes = b"") -> None:
+        """The body ended: cleanly (``None``) or not. ``last`` holds the body pieces parsed from the
+        read that ended it, not given to ``body``: a relay can write them with the end, in one write."""
 
 
 class H1Response:
@@ -134,7 +135,7 @@ class H1Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport; both set TCP_NODELAY on every TCP connection
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport  # type: ignore[assignment]  # not cast(): a call per connection
 
     def data_received(self, data: bytes) -> None:
         if self.idle or self._complete:
@@ -324,12 +325,11 @@ class H1Connection(asyncio.Protocol):
     def _end(self, error: BaseException | None) -> None:
         if not self._in_body:
             return
-        if self._batch:
-            self._deliver()
         self._in_body = False
         sink, self._sink = self._sink, None
+        batch, self._batch = self._batch, []
         if sink is not None:
-            sink.finished(error)
+            sink.finished(error, batch[0] if len(batch) == 1 else b"".join(batch))
         else:
             self._early.append(b"")  # the end, for a sink attached later
             self._early_error = error

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from .aiohttp_internals import take_head
+from .aiohttp_internals import mark_ended, take_head
 from .decoding import DecodeError
 from .errors import ProxyError, UpstreamError, UpstreamIdle
 from .exchange import Exchange
@@ -38,8 +38,10 @@ class CallbackRelay(RelayState):
         "_done",
         "_ended",
         "_head",
+        "_held",
         "_pending",
         "_pending_end",
+        "_terminated",
         "_timer",
         "_transport",
         "_upstream",
@@ -63,6 +65,8 @@ class CallbackRelay(RelayState):
         self._pending_end: tuple[BaseException | None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._head = b""  # the response head, held until the first write (HeldHeadResponse)
+        self._held: bytes | None = None  # writes held while the stream ends, to leave with its end
+        self._terminated = False  # the body's end was written (``_release``)
 
     async def run(self) -> Ending:
         if self._client is not None:
@@ -86,7 +90,7 @@ class CallbackRelay(RelayState):
             if self._client is not None and self._client.flow is self:
                 self._client.flow = None
             self._fill_record()
-        if self._failure is None and not self._client_left:
+        if self._failure is None and not self._client_left and not self._terminated:
             try:
                 await self._response.write_eof()
             except ConnectionError:
@@ -129,29 +133,57 @@ class CallbackRelay(RelayState):
         self._pending = self._decoder.decode(data)
         self._relay_pending()
 
-    def finished(self, error: BaseException | None) -> None:
+    def finished(self, error: BaseException | None, last: bytes = b"") -> None:
         if self._ended:
             return
+        if last and (error is not None or self._decoder is not None):
+            self.body(last)  # decoded (it may take turns of the loop), or followed by a failure: as any read
+            last = b""
+            if self._ended:
+                return
         if self._pending is not None:
             self._pending_end = (error,)  # after the decoded pieces still waiting their turn
             return
         if error is not None:
             self._fail(error if isinstance(error, ProxyError) else UpstreamError(f"upstream failed: {error!r}"))
             return
+        self._held = b""  # the last events, an incomplete last frame and the body's end leave in one write
         try:
+            if last:
+                self._emit(last)
             tail = self._decoder.flush() if self._decoder is not None else b""
+            if tail:
+                self._emit(tail)
         except DecodeError as exc:
+            self._release(end=False)
             self._fail(UpstreamError(str(exc)))
             return
-        if tail:
-            self._emit(tail)
         rest = self.framer.flush() if self.framer is not None else b""
         if rest:  # an incomplete last frame, passed on as the upstream ended it
             now = self._loop.time()
             self._write(rest, now)
             if self._hooks:
                 self._tell_hooks(rest, now)
+        self._release(end=True)
         self._finish()
+
+    def _release(self, end: bool) -> None:
+        """Write what was held (with the head, if it is still held), and with ``end`` the body's last
+        chunk; the response then counts as ended (``mark_ended``): its ``write_eof`` writes nothing."""
+        out, self._held = self._head + (self._held or b""), None
+        self._head = b""
+        if end and not self._client_left:
+            if self._chunked:
+                out += b"0\r\n\r\n"
+            mark_ended(self._response)
+            self._terminated = True
+        transport = self._transport
+        if not out or transport is None:
+            return
+        if transport.is_closing():
+            self._client_left = True
+            return
+        transport.write(out)
 
     def _relay_pending(self) -> None:
         """Relay decoded pieces; after ``YIELD_EVERY`` bytes, let the loop run others and go on
@@ -214,6 +246,9 @@ class CallbackRelay(RelayState):
         out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
         if self._head:
             out, self._head = self._head + out, b""
+        if self._held is not None:
+            self._held += out  # the stream is ending: this goes with the body's end (``finished``)
+            return
         transport.write(out)
 
     def _write_head(self) -> None:

@@ -234,7 +234,9 @@ class Producer:
         else:
             upstream.resume()
 
-    def finished(self, error: BaseException | None) -> None:
+    def finished(self, error: BaseException | None, last: bytes = b"") -> None:
+        if last:
+            self.body(last)
         if error is None:
             self._finish()
         else:

@@ -26,6 +26,7 @@ from sseproxy.aiohttp_internals import (
     ProxyServer,
     ServerProtocol,
     fail_body_when_connection_drops,
+    mark_ended,
     stop_read_timeout,
     take_head,
 )
@@ -269,6 +270,35 @@ async def test_a_held_head_is_taken_once_and_leaves_with_the_first_body_bytes_in
     assert taken[1] == b""  # taken once
     assert b"transfer-encoding: chunked" in head.lower()
     assert rest == b"5\r\nhello\r\n0\r\n\r\n"  # no second head
+
+
+async def test_a_response_marked_ended_writes_nothing_more_at_its_eof() -> None:
+    state: list[bool] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = HeldHeadResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        assert request.transport is not None
+        request.transport.write(take_head(response) + b"5\r\nhello\r\n0\r\n\r\n")  # the end, written by hand
+        mark_ended(response)
+        await response.write_eof()  # aiohttp's own end: nothing more on the wire
+        state.append(response.prepared)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with running_app(app) as url:
+        reader, writer = await send_raw(url.rstrip("/"), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                                          b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            first = await read_head(reader)
+            body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)
+            second = await read_head(reader)  # the connection stayed usable: no stray bytes before this head
+        finally:
+            writer.close()
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
+    assert body == b"5\r\nhello\r\n0\r\n\r\n"
+    assert state == [True, True]
 
 
 # -- BaseProtocol, StreamWriter and prepare()'s private reads of the request ---------------------
