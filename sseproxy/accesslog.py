@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import Outcome
+from .logs import direct_handler
 
 
 @dataclass(slots=True)  # one per request in flight: no instance dict
@@ -53,6 +55,9 @@ class RequestRecord:
 _LOGGED = tuple(f.name for f in fields(RequestRecord) if f.name not in ("started", "admin"))
 
 
+_LINE = '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s%s%s'
+
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
 
@@ -82,14 +87,17 @@ class AccessLog:
         self.logger = logger or logging.getLogger("sseproxy.access")
 
     def write(self, record: RequestRecord) -> None:
-        if not self.enabled or not self.logger.isEnabledFor(logging.INFO):
+        logger = self.logger
+        if not self.enabled or not logger.isEnabledFor(logging.INFO):
             return
-        self.logger.info(
-            '%s "%s %s" route=%s status=%d ttfb=%s ttfe=%s total=%s bytes=%d events=%d heartbeats=%d outcome=%s%s%s%s',
-            record.client or "-", record.method, record.path, record.route or "-", record.status,
-            _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
-            record.heartbeats, record.outcome.value, _tokens(record),
-            f" request_id={record.request_id}" if record.request_id else "",
-            f" error={json.dumps(record.error)}" if record.error else "",
-            extra={"access": record},  # the JSON form calls record.fields(), only when it is used
-        )
+        args = (record.client or "-", record.method, record.path, record.route or "-", record.status,
+                _ms(record.ttfb), _ms(record.ttfe), _ms(record.total), record.bytes, record.events,
+                record.heartbeats, record.outcome.value, _tokens(record),
+                f" request_id={record.request_id}" if record.request_id else "",
+                f" error={json.dumps(record.error)}" if record.error else "")
+        direct = direct_handler(logger)
+        if direct is not None and direct[1].access == "text":  # the usual case: one line, no LogRecord
+            handler, formatter = direct
+            handler.write_line(formatter.text_line(time.time(), "INFO", logger.name, _LINE % args) + handler.terminator)
+            return
+        logger.info(_LINE, *args, extra={"access": record})  # the JSON form calls record.fields(), only when used

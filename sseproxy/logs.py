@@ -79,6 +79,16 @@ class LineFormatter(logging.Formatter):
         line = _json_line(record, self) if style == "json" else super().format(record)
         return self.redactor(line)
 
+    def text_line(self, created: float, levelname: str, name: str, message: str) -> str:
+        """The line ``format`` makes of a text record with these fields and no exception, made
+        without one: the access log writes a line per request, and a ``LogRecord`` (with the
+        logger's walk to its handlers) costs more than the line."""
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(created))
+        return self.redactor(f"{self._stamp},{int((created - second) * 1000):03d} {levelname} {name}: {message}")
+
 
 class CoalescingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Lines written in one turn of the event loop leave in one write: when hundreds of streams end
@@ -97,7 +107,11 @@ class CoalescingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        self._pending.append(line)  # under the handler's lock (Handler.handle holds it)
+        self.write_line(line)  # under the handler's lock (Handler.handle holds it)
+
+    def write_line(self, line: str) -> None:
+        """A formatted line (with its terminator), written with the others of this turn of the loop."""
+        self._pending.append(line)
         if self._scheduled:
             return
         try:
@@ -121,6 +135,27 @@ class CoalescingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.flush()
             except (OSError, ValueError):  # stderr gone (a closed pipe): logging must never raise
                 pass
+
+
+def direct_handler(logger: logging.Logger) -> tuple[CoalescingHandler, LineFormatter] | None:
+    """The handler and formatter ``logger``'s text lines end in, when nothing else can see them on
+    the way: no filter, no other handler, up to the root (as ``setup`` leaves it). Then a caller may
+    format its line and hand it over itself (``write_line``); else (a test's capture, a reconfigured
+    logging) it goes through ``logging`` as usual."""
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.handlers or node.filters or node.disabled or not node.propagate:
+            return None
+        node = node.parent
+    root = logging.root
+    handlers = root.handlers
+    if len(handlers) != 1 or root.filters:
+        return None
+    handler = handlers[0]
+    formatter = handler.formatter
+    if type(handler) is not CoalescingHandler or handler.filters or type(formatter) is not LineFormatter:
+        return None
+    return handler, formatter
 
 
 class _NoLock:
