@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import httptools
@@ -146,7 +146,7 @@ class LeanProtocol(ServerProtocol):
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # TCP_NODELAY: set by the loop's transports
+        self.transport = transport  # type: ignore[assignment]  # TCP_NODELAY: set by the loop's transports
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else None
         self.server.connections.add(self)

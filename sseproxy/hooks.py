@@ -74,4 +74,4 @@ def split_upstream(hooks: tuple[Hook, ...]) -> tuple[tuple[Hook, ...], tuple[Hoo
 
 
 def open_hooks(factories: Sequence[HookFactory], info: ExchangeInfo) -> tuple[Hook, ...]:
-    return tuple(h for f in factories if (h := f.open(info)) is not None)
+    return tuple([h for f in factories if (h := f.open(info)) is not None])  # a list first: no generator

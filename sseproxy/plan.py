@@ -49,12 +49,13 @@ def plan_response(upstream_headers: Headers, route: RouteRuntime, origin: str | 
             if decoder is None:
                 kind = StreamKind.RAW  # a coding the proxy cannot decode: relayed as it comes, never reframed
     headers = without_hop_by_hop(upstream_headers)
-    for name, value in headers.items():
-        if _CONTROL.search(value):
-            raise ValueError(f"header {name} has a control character")
-    for name in ("Location", "Content-Location"):
-        if name in headers:
-            headers[name] = route.rewrite_location(headers[name])
+    if _CONTROL.search("\t".join(headers.values())):  # one search for all (tab is allowed): then which one
+        name = next(name for name, value in headers.items() if _CONTROL.search(value))
+        raise ValueError(f"header {name} has a control character")
+    if "Location" in headers or "Content-Location" in headers:
+        for name in ("Location", "Content-Location"):
+            if name in headers:
+                headers[name] = route.rewrite_location(headers[name])
     if kind is not StreamKind.NONE:
         stream_response_headers(headers, decoded=decoder is not None)
     headers[REQUEST_ID] = request_id  # the client can quote it; response_headers rules may still remove it
