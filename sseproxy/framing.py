@@ -23,6 +23,10 @@ LINE_END = re.compile(rb"\r\n|\n|\r")
 # Endings that always close an event: LF LF (or CRLF LF), CRLF CRLF, CR CR.
 _ENDS_ON_BOUNDARY = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _CONTEXT = 3  # a boundary is at most 4 bytes: keep 3 already-scanned bytes to find one split by a read
+# The byte CR as an int: ``CR in data`` is a memchr, while ``b"\r" in data`` first tries the bytes as an
+# int, and raises and clears a TypeError with a formatted message to learn it is not one (CPython
+# 3.11): six times the cost, on every event.
+CR = 13
 
 
 class StreamKind(enum.Enum):
@@ -119,7 +123,7 @@ class SseFramer(Framer):
     __slots__ = ()
 
     def feed(self, data: bytes) -> bytes:
-        if not self._buf and data.endswith(b"\n\n") and b"\r" not in data:
+        if not self._buf and data.endswith(b"\n\n") and CR not in data:
             # the path of nearly every event: whole LF-only events in one read, one call instead of five
             self.mid_frame = False
             self.frames += data.count(b"\n\n")
@@ -151,7 +155,7 @@ def count_frames(kind: StreamKind, data: bytes | bytearray) -> int:
     """Frame boundaries in ``data``, as the framer counts them: on what a framer returned (whole
     frames), this is the number of frames, so an observer can count without a framer of its own."""
     if kind is _SSE:
-        if b"\r" not in data:  # LF-only: the same non-overlapping count as the regex, in C
+        if CR not in data:  # LF-only: the same non-overlapping count as the regex, in C
             return data.count(b"\n\n")
         return len(_SSE_BOUNDARY.findall(data))
     if kind is _LINES:

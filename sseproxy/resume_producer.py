@@ -25,7 +25,7 @@ from .aiohttp_internals import fail_body_when_connection_drops, stop_read_timeou
 from .decoding import DecodeError
 from .errors import Detached, ProxyError, ShuttingDown, UpstreamError, UpstreamIdle
 from .exchange import Exchange
-from .framing import LINE_END, MAX_FRAME, SSE_BOUNDARY, SseFramer, StreamKind, count_frames
+from .framing import CR, LINE_END, MAX_FRAME, SSE_BOUNDARY, SseFramer, StreamKind, count_frames
 from .hooks import Hook
 from .plan import StreamPlan
 from .relay_policy import error_frame
@@ -75,7 +75,7 @@ class EventFramer(SseFramer):
     lf_only = True
 
     def _count(self, data: bytes | bytearray) -> int:
-        self.lf_only = b"\r" not in data
+        self.lf_only = CR not in data
         return data.count(b"\n\n") if self.lf_only else count_frames(StreamKind.SSE, data)
 
 
@@ -86,7 +86,7 @@ def plain_event(out: bytes, frames: int, lf_only: bool) -> bool:
     it ends with one blank line, and no line starts with ``id``. Most events of most streams are:
     they then cost one bytes format instead of a split and a join."""
     return (frames == 1 and lf_only and out[0] not in b":\n" and out[-3] != 10 and not out.startswith(b"id")
-            and b"\nid" not in out)
+            and out.find(b"\nid") < 0)  # not ``in``: see framing.CR
 
 
 class LiveFollower(Protocol):

@@ -20,6 +20,7 @@ usage) has not. Every other event costs one substring search.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from .framing import StreamKind
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 LOOK_AT = 64 * 1024  # request-body bytes searched for a model name (an LLM call names it near the start)
 MARKER = b"_tokens"  # in every usage object the meter reads; checked before any parse
+# ``MARKER in data`` costs nearly three times this search: ``bytes.__contains__`` raises and clears a
+# TypeError (with a formatted message) before it searches for a bytes needle (CPython 3.11)
+has_marker = re.compile(re.escape(MARKER)).search
 _IN_NAMES = ("prompt_tokens", "input_tokens")
 _OUT_NAMES = ("completion_tokens", "output_tokens")
 
@@ -74,7 +78,7 @@ class UsageMeter:
         self.tokens_out: int | None = None
 
     def feed(self, frames: bytes) -> None:
-        if MARKER not in frames:  # the per-event cost on all but a stream's one or two usage events
+        if not has_marker(frames):  # the per-event cost on all but a stream's one or two usage events
             return
         data: list[bytes] = []
         for line in frames.splitlines():  # bytes split on LF, CRLF and CR only, as SSE does
@@ -92,7 +96,7 @@ class UsageMeter:
         if not data:
             return
         payload = b"\n".join(data)
-        if MARKER not in payload:
+        if not has_marker(payload):
             return
         try:
             usage = _usage_of(json.loads(payload))
@@ -128,7 +132,7 @@ class UsageHook:
         self._sse = kind is StreamKind.SSE
 
     def data(self, chunk: bytes, at: float, frames: int) -> None:
-        if self._sse and MARKER in chunk:  # the meter's own first test, without a call per event
+        if self._sse and has_marker(chunk):  # the meter's own first test, without a call per event
             self.meter.feed(chunk)
 
     def end(self, record: RequestRecord) -> None:
