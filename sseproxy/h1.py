@@ -152,9 +152,15 @@ class H1Connection(asyncio.Protocol):
                 return
             self._parse_failed()
             return
-        if self._batch:
+        batch = self._batch
+        if batch:  # the body pieces parsed from this read, to the sink in one call: a read that holds several
+            sink = self._sink  # chunks (events that came close together) becomes one write to the client
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            batch.clear()
+            if sink is None:
+                return
             try:
-                self._deliver()
+                sink.body(data)
             except Exception:  # the proxy's own failure (a hook's): logged as such, this exchange ends
                 log.exception("internal error while relaying an upstream body")
                 self._fail(UpstreamError("the proxy failed while relaying the upstream's body"))
@@ -314,22 +320,16 @@ class H1Connection(asyncio.Protocol):
         self._end(error)
         self.abort()
 
-    def _deliver(self) -> None:
-        """The body pieces parsed from one read, to the sink in one call: a read that holds several
-        chunks (events that came close together) becomes one write to the client, not one each."""
-        batch, self._batch = self._batch, []
-        sink = self._sink
-        if sink is not None:
-            sink.body(batch[0] if len(batch) == 1 else b"".join(batch))
-
     def _end(self, error: BaseException | None) -> None:
         if not self._in_body:
             return
         self._in_body = False
         sink, self._sink = self._sink, None
-        batch, self._batch = self._batch, []
+        batch = self._batch
+        last = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
         if sink is not None:
-            sink.finished(error, batch[0] if len(batch) == 1 else b"".join(batch))
+            sink.finished(error, last)
         else:
             self._early.append(b"")  # the end, for a sink attached later
             self._early_error = error
@@ -338,7 +338,7 @@ class H1Connection(asyncio.Protocol):
         held_back = self._early_size > EARLY_BODY
         early, self._early, self._early_size = self._early, [], 0
         ended = bool(early) and early[-1] == b""
-        if len(early) > ended:  # what came with the head, in one piece (as ``_deliver`` gives a read's)
+        if len(early) > ended:  # what came with the head, in one piece (as a read's pieces go)
             sink.body(b"".join(early))
         if ended:
             sink.finished(self._early_error)
