@@ -58,7 +58,7 @@ def apply_rules(headers: CIMultiDict[str], rules: Rules) -> None:
         headers.add(name, value)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request: not frozen (a frozen init is four times slower); never changed
 class Hop:
     """This hop, as the upstream should hear of it: who asked, over what, for which host."""
 

@@ -111,6 +111,25 @@ class Pending:
             _observe_many(child, bounds, counts, total[0])
 
 
+class RouteSeries:
+    """One route's series children, looked up once per route rather than per request (each lookup
+    builds and hashes a key): the ones every request or stream of the route touches."""
+
+    __slots__ = ("active", "bytes", "duration", "events", "gaps", "hangups", "requests", "ttfb", "ttfe")
+
+    def __init__(self, metrics: Metrics, route: str):
+        self.active = metrics.child(metrics.active_streams, route)
+        self.ttfb = metrics.child(metrics.ttfb, route)
+        self.ttfe = metrics.child(metrics.ttfe, route)
+        self.events = metrics.child(metrics.events, route)
+        self.bytes = metrics.child(metrics.bytes, route)
+        self.gaps = metrics.child(metrics.gaps, route)
+        self.duration = metrics.child(metrics.duration, route)
+        self.hangups = metrics.child(metrics.client_hangups, route)
+        self.requests: dict[tuple[str, int, Outcome], Any] = {}  # (method, status, outcome): bounded as
+        # the children are (a few methods, the statuses an upstream answers, seven outcomes)
+
+
 class StreamMeter:
     """One exchange's running counts: added up per write, flushed at most once a second and at the
     end. At the end, whatever the record holds beyond what was flushed (heartbeats, the proxy's error
@@ -127,12 +146,12 @@ class StreamMeter:
         "_kind",
         "_last_at",
         "_metrics",
-        "_route",
+        "_series",
     )
 
     def __init__(self, metrics: Metrics, route: str):
         self._metrics = metrics
-        self._route = route
+        self._series = metrics.series(route)
         self._kind = StreamKind.NONE
         self._events = self._bytes = 0                   # not yet flushed
         self._flushed_events = self._flushed_bytes = 0
@@ -163,17 +182,17 @@ class StreamMeter:
             self._flush(at)
 
     def _flush(self, at: float | None) -> None:
-        m, route = self._metrics, self._route
+        m, series = self._metrics, self._series
         if self._events:
-            m.add(m.child(m.events, route), self._events)
+            m.add(series.events, self._events)
             self._flushed_events += self._events
             self._events = 0
         if self._bytes:
-            m.add(m.child(m.bytes, route), self._bytes)
+            m.add(series.bytes, self._bytes)
             self._flushed_bytes += self._bytes
             self._bytes = 0
         if any(self._gaps):
-            m.observe_many(m.child(m.gaps, route), GAP_BUCKETS, self._gaps, self._gap_total)
+            m.observe_many(series.gaps, GAP_BUCKETS, self._gaps, self._gap_total)
             self._gaps = [0] * len(self._gaps)
             self._gap_total = 0.0
         self._flushed_at = at
@@ -183,8 +202,7 @@ class StreamMeter:
         self._bytes = max(0, record.bytes - self._flushed_bytes)
         self._flush(None)
         if self._kind is not StreamKind.NONE and record.total is not None:
-            m = self._metrics
-            m.observe_value(m.child(m.duration, self._route), DURATION_BUCKETS, record.total)
+            self._metrics.observe_value(self._series.duration, DURATION_BUCKETS, record.total)
 
 
 class Metrics:
@@ -196,6 +214,7 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self._pending = Pending() if multiprocess_dir is None else None  # with workers: at once, for all
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # bounded by routes x statuses x outcomes
+        self._series: dict[str, RouteSeries] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sseproxy_requests", "Requests by route, method, status and outcome",
@@ -254,6 +273,12 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def series(self, route: str) -> RouteSeries:
+        series = self._series.get(route)
+        if series is None:
+            series = self._series[route] = RouteSeries(self, route)
+        return series
+
     def add(self, child: Any, amount: float = 1) -> None:
         """``child.inc(amount)``, at the next flush (a gauge's ``amount`` may be negative)."""
         if self._pending is None:
@@ -288,15 +313,21 @@ class Metrics:
         if record.admin:
             return
         route = record.route or "-"
-        self.add(self.child(self.requests, route, record.method, str(record.status), record.outcome.value))
+        series = self.series(route)
+        key = (record.method, record.status, record.outcome)
+        requests = series.requests.get(key)
+        if requests is None:
+            requests = series.requests[key] = self.child(self.requests, route, record.method, str(record.status),
+                                                         record.outcome.value)
+        self.add(requests)
         if record.ttfb is not None:
-            self.observe_value(self.child(self.ttfb, route), LATENCY_BUCKETS, record.ttfb)
+            self.observe_value(series.ttfb, LATENCY_BUCKETS, record.ttfb)
         if record.ttfe is not None:
-            self.observe_value(self.child(self.ttfe, route), LATENCY_BUCKETS, record.ttfe)
+            self.observe_value(series.ttfe, LATENCY_BUCKETS, record.ttfe)
         if record.heartbeats:
             self.add(self.child(self.heartbeats, route), record.heartbeats)
         if record.outcome is Outcome.CLIENT_CLOSED:
-            self.add(self.child(self.client_hangups, route))
+            self.add(series.hangups)
             if record.llm:
                 self.add(self.child(self.llm_cancelled, route))
         self.count_tokens(route, record.tokens_in, record.tokens_out)

@@ -286,7 +286,7 @@ class ProxyHandler:
             record.outcome = (await relay.run()).outcome
             return response
         metrics = self.runtime.metrics
-        active = metrics.child(metrics.active_streams, route.label)
+        active = metrics.series(route.label).active
         self.runtime.streams.add(relay)
         metrics.add(active)
         try:

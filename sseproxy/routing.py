@@ -21,7 +21,7 @@ from .errors import BadRequest, MethodNotAllowed, NoRoute
 _FORBIDDEN_ENCODED = ("%2f", "%5c", "%00")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request: not frozen (a frozen init is four times slower); never changed
 class Target:
     """The checked request target: raw path and raw query, exactly as the client encoded them."""
 

@@ -130,7 +130,7 @@ class UpstreamTarget(Protocol):
     def upstream_path(self, base: URL, path: str) -> str: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request: not frozen (a frozen init is four times slower); never changed
 class OutboundRequest:
     """The request as it goes upstream: built from the inbound one, which is never mutated."""
 
