@@ -147,8 +147,13 @@ class CallbackRelay(RelayState):
             if self.first_event_at is None and framer.frames:
                 self.first_event_at = now
         self._write(out, now)
-        if self._hooks:
-            self._tell_hooks(out, now)
+        hooks = self._hooks
+        if hooks:  # RelayState._tell_hooks, in line: one call fewer on the path every event takes
+            frames = 0
+            if framer is not None:
+                frames, self._reported = framer.frames - self._reported, framer.frames
+            for hook in hooks:
+                hook.data(out, now, frames)
 
     def finished(self, error: BaseException | None, last: bytes = b"") -> None:
         if self._ended:
