@@ -101,7 +101,9 @@ class ProxyHandler:
                                started=loop.time(), client=request.remote)
         exchange = Exchange(next(self._ids), request, snapshot, record, loop)
         try:
-            await self._paced(loop)  # before the work: a burst of new requests begins a few per turn
+            held = self.pacer.turn(loop)  # before the work: a burst of new requests begins a few per turn
+            if held is not None:
+                await held
             return await self._serve(exchange)
         except ProxyError as error:
             return exchange.refuse(error)
@@ -185,12 +187,6 @@ class ProxyHandler:
         finally:
             if exchange.lease is not None:  # unless a resumable stream took it on, to hold while detached
                 exchange.lease.release()
-
-    async def _paced(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait for a later turn of the loop when this one has begun its share of requests."""
-        held = self.pacer.turn(loop)
-        if held is not None:
-            await held
 
     def _lease(self, exchange: Exchange) -> Lease | None:
         """One of the route's concurrent-stream slots (``limits``), or 429 when they are all taken."""
