@@ -194,18 +194,17 @@ class CallbackRelay(RelayState):
         chunk; the response then counts as ended (``mark_ended``): its ``write_eof`` writes nothing."""
         out, self._held = self._head + (self._held or b""), None
         self._head = b""
-        if end and not self._client_left:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._client_left = True
+            return
+        if end:
             if self._chunked:
                 out += b"0\r\n\r\n"
             mark_ended(self._response)
             self._terminated = True
-        transport = self._transport
-        if not out or transport is None:
-            return
-        if transport.is_closing():
-            self._client_left = True
-            return
-        transport.write(out)
+        if out:
+            transport.write(out)
 
     def _relay_pending(self) -> None:
         """Relay decoded pieces; after ``YIELD_EVERY`` bytes, let the loop run others and go on
