@@ -187,6 +187,39 @@ async def test_the_events_of_one_upstream_read_go_to_the_client_in_one_write() -
         resp.close()
 
 
+async def test_last_events_and_the_end_in_one_read_end_the_stream_once_and_the_connection_serves_on() -> None:
+    """The relay writes a stream's last events and the body's last chunk itself, in one write; the
+    response then counts as ended, so the next request's answer on the same connection starts clean
+    (a second last chunk would stand before its head)."""
+    served = 0
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        while True:  # kept alive: one stream per request, events and end in one write
+            try:
+                await read_head(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            served += 1
+            writer.write(SSE_HEAD + chunk(b"data: %d\n\n" % served) + chunk(b"data: last\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_proxy(upstream) as proxy:
+        host, port = proxy.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            bodies = []
+            for _ in range(2):  # two streams, one after the other, on one client connection
+                writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+                head = await read_head(reader)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert b"transfer-encoding: chunked" in head.lower()
+                bodies.append(await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT))
+        finally:
+            writer.close()
+    assert bodies == [chunk(b"data: %d\n\ndata: last\n\n" % n) + b"0\r\n\r\n" for n in (1, 2)]
+
+
 async def test_compressed_bytes_that_decode_to_nothing_yet_still_restart_the_idle_timer() -> None:
     """Idle is the upstream's silence between bytes, not between decoded events: a gzip header that
     arrives a byte at a time for twice the idle timeout (each byte decodes to nothing) is not cut."""
