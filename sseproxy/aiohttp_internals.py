@@ -395,6 +395,19 @@ def take_head(response: web.StreamResponse) -> bytes:
     return head
 
 
+def prepare_now(response: HeldHeadResponse, request: Any) -> None:
+    """``await response.prepare(request)``, from a callback that cannot await: for a response that
+    holds its head back, prepare() writes nothing and waits for nothing (no drain, no signal handler
+    on this request), so its coroutine finishes in one step; one that would suspend is an error."""
+    step = response.prepare(request)
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("prepare() of a held head waited for something")
+
+
 def mark_ended(response: web.StreamResponse) -> None:
     """The caller wrote the body's end itself (the callback relay: the last chunk with the last
     events, one write): the response counts as ended, and its own ``write_eof()`` writes nothing."""

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -26,7 +27,21 @@ from .requestid import request_id
 from .routing import Target
 from .runtime import RouteRuntime, Runtime, Snapshot
 
+if TYPE_CHECKING:
+    from .plan import StreamPlan
+    from .relay_callbacks import CallbackRelay
+
 log = logging.getLogger("sseproxy")
+
+
+@dataclass(slots=True)
+class Started:
+    """A response begun where the upstream's head arrived, in its connection's callback
+    (``proxy.ProxyHandler._start_early``): the handler relays it on when its task runs."""
+
+    response: web.StreamResponse
+    plan: StreamPlan
+    relay: CallbackRelay
 
 
 @dataclass(eq=False, slots=True)  # one per request in flight: no instance dict
@@ -42,6 +57,7 @@ class Exchange:
     body_sent: bool = True             # False while a request body is still being sent upstream
     lease: Lease | None = None         # the route's concurrent-stream slot, held until the stream ends
     request_id: str = ""               # the client's X-Request-Id or a new one (requestid.py)
+    started: Started | None = None     # the response, when begun in the upstream's callback
 
     def __post_init__(self) -> None:
         self.request_id = self.request_id or request_id(self.request.headers)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
@@ -72,8 +72,12 @@ class H1Response:
         self.connection.finish()
 
 
+OnHead = Callable[[H1Response], None]  # called with a response's head after the read it came in was parsed
+
+
 class H1Connection(asyncio.Protocol):
     __slots__ = (  # one per stream in flight: no instance dict
+        "_arrived",
         "_batch",
         "_body_task",
         "_close_delimited",
@@ -90,6 +94,7 @@ class H1Connection(asyncio.Protocol):
         "_keep_alive",
         "_keepalive_timer",
         "_lost",
+        "_on_head",
         "_reason",
         "_sink",
         "_trailing",
@@ -131,6 +136,8 @@ class H1Connection(asyncio.Protocol):
         self._lost = False
         self._early_error: BaseException | None = None
         self._head_only = False  # the request was HEAD: the response has no body, whatever it declares
+        self._on_head: OnHead | None = None
+        self._arrived: H1Response | None = None  # a head parsed from the read being parsed, for _on_head
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,6 +159,17 @@ class H1Connection(asyncio.Protocol):
                 return
             self._parse_failed()
             return
+        arrived = self._arrived
+        if arrived is not None:  # a head came in this read: its body bytes of this read wait in _early
+            self._arrived = None
+            on_head, self._on_head = self._on_head, None
+            assert on_head is not None
+            try:
+                on_head(arrived)  # may attach a sink, which takes those bytes with the head
+            except Exception:
+                log.exception("internal error while starting the response to an upstream head")
+                self._fail(UpstreamError("the proxy failed while starting the response"))
+                return
         batch = self._batch
         if batch:  # the body pieces parsed from this read, to the sink in one call: a read that holds several
             sink = self._sink  # chunks (events that came close together) becomes one write to the client
@@ -243,7 +261,10 @@ class H1Connection(asyncio.Protocol):
         self._in_body = True
         head = self._head
         if head is not None and not head.done():
-            head.set_result(H1Response(self, status, self._reason, headers))
+            response = H1Response(self, status, self._reason, headers)
+            head.set_result(response)
+            if self._on_head is not None:
+                self._arrived = response  # told once this read is parsed (data_received)
         if self._head_only:  # the parser cannot be told a HEAD answer has no body: end it here, never reuse
             self._keep_alive = False
             self._complete = True
@@ -268,12 +289,15 @@ class H1Connection(asyncio.Protocol):
 
     # -- the exchange ---------------------------------------------------------------------------
     async def exchange(self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool,
-                       timeouts: Timeouts, head_only: bool = False) -> H1Response:
+                       timeouts: Timeouts, head_only: bool = False, on_head: OnHead | None = None) -> H1Response:
         """Send one request; returns when the response head has arrived, or raises ``UpstreamTimeout``
-        after ``timeouts.idle`` (a timer on the head's future: no task cancellation per request)."""
+        after ``timeouts.idle`` (a timer on the head's future: no task cancellation per request).
+        ``on_head`` is called with the head in the callback that parsed it, before the caller's task
+        runs again: the response can start there (``proxy``), its first bytes with it."""
         head_future: asyncio.Future[H1Response] = self.loop.create_future()
         self._head = head_future
         self._head_only = head_only
+        self._on_head = on_head
         assert self.transport is not None
         self.transport.write(head)
         if body is not None:
@@ -357,6 +381,7 @@ class H1Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._sink = None
+        self._on_head = self._arrived = None
         if self._body_task is not None and not self._body_task.done():
             self._body_task.cancel()
         if self.transport is not None and not self._lost:
@@ -372,6 +397,7 @@ class H1Connection(asyncio.Protocol):
             return
         self._complete = False
         self._head = None
+        self._on_head = self._arrived = None
         self._interim = 0
         self.reused = True
         self.pool.put(self)

@@ -21,7 +21,7 @@ import aiohttp.connector
 from yarl import URL
 
 from .errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamUnavailable
-from .h1 import H1Connection, H1Response, request_head
+from .h1 import H1Connection, H1Response, OnHead, request_head
 from .upstream import OutboundRequest, Timeouts, UpstreamTarget, with_failover
 
 DNS_TTL = 10.0  # seconds a name's addresses are kept (aiohttp's connector keeps them as long)
@@ -160,8 +160,10 @@ def address(url: URL) -> tuple[str, int]:
     return url.raw_host or "", url.port or 80
 
 
-async def send(pools: H1Pools, target: UpstreamTarget, out: OutboundRequest) -> H1Response:
-    """Like ``upstream.send``, on this client: the next upstream while connecting fails."""
+async def send(pools: H1Pools, target: UpstreamTarget, out: OutboundRequest, on_head: OnHead | None = None
+               ) -> H1Response:
+    """Like ``upstream.send``, on this client: the next upstream while connecting fails. ``on_head``:
+    see ``H1Connection.exchange``."""
 
     async def attempt(base: URL, path_qs: str) -> H1Response:
         pool = pools.get(*address(base))
@@ -169,12 +171,12 @@ async def send(pools: H1Pools, target: UpstreamTarget, out: OutboundRequest) -> 
         head_only = out.method == "HEAD"
         connection = await pool.connection(target.timeouts)
         try:
-            return await connection.exchange(head, out.body, chunked, target.timeouts, head_only)
+            return await connection.exchange(head, out.body, chunked, target.timeouts, head_only, on_head)
         except UpstreamUnavailable:
             if not (connection.reused and out.body is None):
                 raise
         # a kept-alive connection the upstream closed just as it was reused: once more on a new one
         connection = await pool.connection(target.timeouts)
-        return await connection.exchange(head, out.body, chunked, target.timeouts, head_only)
+        return await connection.exchange(head, out.body, chunked, target.timeouts, head_only, on_head)
 
     return await with_failover(target, out.path, out.query, attempt)

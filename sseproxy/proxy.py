@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -20,14 +21,14 @@ from aiohttp import web
 
 from . import admin, auth, cors, h1, h1pool, resume, websocket
 from .accesslog import AccessLog, RequestRecord
-from .aiohttp_internals import HeldHeadResponse, ParserRefusal, send_100_continue
+from .aiohttp_internals import HeldHeadResponse, ParserRefusal, prepare_now, send_100_continue
 from .auth import presented_token
 from .errors import BodyTooLarge, Forbidden, NotImplementedCoding, Outcome, ProxyError, UpstreamUnavailable
-from .exchange import Exchange
+from .exchange import Exchange, Started
 from .h1server import CLIENT_PROTOCOLS
 from .limits import Lease
 from .pacing import Pacer
-from .plan import plan_response
+from .plan import StreamPlan, plan_response
 from .relay_callbacks import CallbackRelay
 from .retry import ReplayableBody
 from .routing import check_target, find_route, parse_host
@@ -185,6 +186,9 @@ class ProxyHandler:
             upstream = await self._send(exchange)
             return await self._respond(exchange, upstream)
         finally:
+            if exchange.started is not None:  # begun where the head arrived: if the client left before
+                exchange.started.relay.abandon_unless_run()  # this task got to it, stopped here
+                exchange.started = None  # the relay holds the exchange: no cycle left for the collector
             if exchange.lease is not None:  # unless a resumable stream took it on, to hold while detached
                 exchange.lease.release()
 
@@ -213,11 +217,13 @@ class ProxyHandler:
             if chunks is not None and route.retry.enabled else None
         outbound = OutboundRequest(request.method, target.path, target.query, exchange.outbound_headers(),
                                    body if body is not None else chunks)
+        early = chunks is None and route.resume is None and isinstance(request.protocol, CLIENT_PROTOCOLS)
+        on_head = functools.partial(self._start_early, exchange) if early else None
         while True:
             try:
                 upstream: Upstream
                 if route.plain_http:
-                    upstream = await h1pool.send(self.runtime.h1, route, outbound)
+                    upstream = await h1pool.send(self.runtime.h1, route, outbound, on_head)
                 else:  # TLS upstreams: aiohttp's client
                     upstream = await send(self.runtime.pools, route, outbound)
             except ProxyError:
@@ -227,6 +233,8 @@ class ProxyHandler:
             if limit.exceeded:
                 upstream.close()
                 raise limit.error()
+            if exchange.started is not None:
+                break  # begun where the head arrived: it is answered as it is (_start_early)
             delay = route.retry.next_delay(record.attempts, upstream.status, upstream.headers.get("Retry-After"),
                                            time.time())
             resendable = chunks is None or (body is not None and body.replayable and body.complete)
@@ -240,28 +248,52 @@ class ProxyHandler:
             await asyncio.sleep(delay)
             if body is not None:
                 outbound = dataclasses.replace(outbound, body=body.replay())
-        record.ttfb = exchange.loop.time() - record.started
+        if record.ttfb is None:  # else set where the head arrived
+            record.ttfb = exchange.loop.time() - record.started
         if upstream.status == 101:  # switching protocols without being asked: never carried on as HTTP (Go: 502)
             upstream.close()
             raise UpstreamUnavailable("the upstream switched protocols (101) on a request that asked for no upgrade")
         return upstream
 
+    def _start_early(self, exchange: Exchange, upstream: h1.H1Response) -> None:
+        """Called where the upstream's head arrives, in its connection's callback: when the handler
+        would answer it as it is (no retry, no 101, a usable head), begin the response right there,
+        so the first event leaves in this callback, not when the handler's task next runs (in a burst
+        of 200 new streams, behind the requests begun the turn before: 0.5 ms at the median, 1.6 at
+        the 99th percentile). The handler then relays it on (``_respond``)."""
+        route, record = exchange.matched, exchange.record
+        if upstream.status == 101 or route.retry.next_delay(
+                record.attempts, upstream.status, upstream.headers.get("Retry-After"), time.time()) is not None:
+            return
+        try:
+            plan = plan_response(upstream.headers, route, exchange.origin, exchange.request_id)
+        except ValueError:
+            return  # the handler answers 502, as for any unusable head
+        record.ttfb = exchange.loop.time() - record.started
+        self._announce(exchange, upstream, plan)
+        response = HeldHeadResponse(status=upstream.status, reason=upstream.reason, headers=plan.headers)
+        prepare_now(response, exchange.request)  # the head is held: nothing is written or awaited
+        relay = CallbackRelay(exchange, upstream, response, plan)
+        exchange.started = Started(response, plan, relay)
+        relay.start()
+
     async def _respond(self, exchange: Exchange, upstream: Upstream) -> web.StreamResponse:
+        if exchange.started is not None:  # begun where the head arrived (_start_early)
+            started = exchange.started
+            return await self._relay(exchange, started.response, started.plan, started.relay)
         request, route, record = exchange.request, exchange.matched, exchange.record
         try:
             plan = plan_response(upstream.headers, route, exchange.origin, exchange.request_id)
         except ValueError as error:
             upstream.close()
             raise UpstreamUnavailable(f"the upstream's response head is unusable: {error}") from None
-        for hook in exchange.hooks:
-            hook.response(upstream.status, plan.headers, plan.kind)
+        self._announce(exchange, upstream, plan)
         if route.resume is not None and plan.sse and (resumed := await resume.serve(exchange, self.runtime, upstream,
                                                                                     plan)) is not None:
             return resumed  # produced into the store, followed by this client (resume.py)
         callbacks = isinstance(upstream, h1.H1Response) and isinstance(request.protocol, CLIENT_PROTOCOLS)
         response_type = HeldHeadResponse if callbacks else web.StreamResponse  # the head leaves with the body
         response = response_type(status=upstream.status, reason=upstream.reason, headers=plan.headers)
-        record.status = upstream.status
         try:  # Nagle is off on every connection already: aiohttp's and the loop's transports set TCP_NODELAY
             await response.prepare(request)
         except ConnectionError:
@@ -278,11 +310,24 @@ class ProxyHandler:
         else:
             assert isinstance(upstream, aiohttp.ClientResponse)
             relay = Relay(exchange, upstream, response, plan)
+        return await self._relay(exchange, response, plan, relay)
+
+    @staticmethod
+    def _announce(exchange: Exchange, upstream: Upstream, plan: StreamPlan) -> None:
+        """The response head as the client gets it, to the hooks and the record."""
+        for hook in exchange.hooks:
+            hook.response(upstream.status, plan.headers, plan.kind)
+        exchange.record.status = upstream.status
+
+    async def _relay(self, exchange: Exchange, response: web.StreamResponse, plan: StreamPlan,
+                     relay: Relay | CallbackRelay) -> web.StreamResponse:
+        """Relay the body to its end; a stream counts as active, and shutdown can end it, meanwhile."""
+        record = exchange.record
         if not plan.streams:
             record.outcome = (await relay.run()).outcome
             return response
         metrics = self.runtime.metrics
-        active = metrics.series(route.label).active
+        active = metrics.series(exchange.matched.label).active
         self.runtime.streams.add(relay)
         metrics.add(active)
         try:

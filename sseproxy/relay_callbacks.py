@@ -11,6 +11,7 @@ the stream ends is ``relay_policy.ending``, as for the awaiting relay in ``strea
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -24,6 +25,8 @@ from .h1server import CLIENT_PROTOCOLS
 from .plan import StreamPlan
 from .relay_policy import HEARTBEAT, Ending, Tick, ending
 from .streaming import YIELD_EVERY, RelayState
+
+log = logging.getLogger("sseproxy")
 
 
 class CallbackRelay(RelayState):
@@ -41,6 +44,8 @@ class CallbackRelay(RelayState):
         "_held",
         "_pending",
         "_pending_end",
+        "_running",
+        "_started",
         "_terminated",
         "_timer",
         "_transport",
@@ -67,29 +72,40 @@ class CallbackRelay(RelayState):
         self._head = b""  # the response head, held until the first write (HeldHeadResponse)
         self._held: bytes | None = None  # writes held while the stream ends, to leave with its end
         self._terminated = False  # the body's end was written (``_release``)
+        self._started = False  # the upstream's body comes here (``start``)
+        self._running = False  # the handler awaits the end (``run``)
 
-    async def run(self) -> Ending:
+    def start(self) -> None:
+        """Take the upstream's body from here on, in its callbacks: the body bytes that came with the
+        head leave with it, in this call. Called by ``run``, or earlier from the upstream's callback
+        where the head arrived (``proxy``), so the first event does not wait for the handler's task."""
+        if self._started:
+            return
+        self._started = True
         if self._client is not None:
             self._client.flow = self
             self._client_paused = self._client.writing_paused
         self._arm()
         self._head = take_head(self._response)
-        self._upstream.attach(self)  # relays the body bytes that came with the head, in this call
+        try:
+            self._upstream.attach(self)  # relays the body bytes that came with the head, in this call
+        except Exception:  # the proxy's own failure (a hook's), as in the upstream's callback (h1)
+            log.exception("internal error while relaying an upstream body")
+            self._fail(UpstreamError("the proxy failed while relaying the upstream's body"))
         if self._head:
             self._write_head()  # no body yet: the head goes now, on its own
         self._update_reading()
+
+    async def run(self) -> Ending:
+        self.start()
+        self._running = True
         try:
             await self._done
         except asyncio.CancelledError:  # the client hung up: the handler is cancelled (and _done with it)
-            self._ended = True
-            self._upstream.close()
+            self._abandon()
             raise
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
-            if self._client is not None and self._client.flow is self:
-                self._client.flow = None
-            self._fill_record()
+            self._stop()
         if self._failure is None and not self._client_left and not self._terminated:
             try:
                 await self._response.write_eof()
@@ -106,6 +122,24 @@ class CallbackRelay(RelayState):
         else:
             self._upstream.close()
         return end
+
+    def abandon_unless_run(self) -> None:
+        """The handler ended (the client left) before it ran this relay, which the upstream's
+        callback started: close the upstream and stop as ``run`` would have."""
+        if self._started and not self._running:
+            self._abandon()
+            self._stop()
+
+    def _abandon(self) -> None:
+        self._ended = True
+        self._upstream.close()
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._client is not None and self._client.flow is self:
+            self._client.flow = None
+        self._fill_record()
 
     # -- the client's flow control (ProxyProtocol calls these) ----------------------------------
     def client_paused(self) -> None:
