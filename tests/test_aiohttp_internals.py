@@ -27,6 +27,7 @@ from sseproxy.aiohttp_internals import (
     ServerProtocol,
     fail_body_when_connection_drops,
     mark_ended,
+    prepare_now,
     stop_read_timeout,
     take_head,
 )
@@ -299,6 +300,37 @@ async def test_a_response_marked_ended_writes_nothing_more_at_its_eof() -> None:
     assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
     assert body == b"5\r\nhello\r\n0\r\n\r\n"
     assert state == [True, True]
+
+
+async def test_a_held_head_is_prepared_without_awaiting_from_a_callback() -> None:
+    """prepare_now: prepare() of a held head finishes in one step (nothing written, nothing awaited),
+    so the callback where an upstream's head arrives can begin the response; the head is the one
+    prepare() makes."""
+    heads: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = HeldHeadResponse(headers={"Content-Type": "text/event-stream"})
+        prepare_now(response, request)  # no await: as from a protocol callback
+        assert response.prepared
+        head = take_head(response)
+        heads.append(head)
+        assert request.transport is not None
+        request.transport.write(head + b"5\r\nhello\r\n0\r\n\r\n")
+        mark_ended(response)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with running_app(app) as url:
+        reader, writer = await send_raw(url.rstrip("/"), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            head = await read_head(reader)
+            body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)
+        finally:
+            writer.close()
+    assert heads == [head] and head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked" in head.lower() and b"content-type: text/event-stream" in head.lower()
+    assert body == b"5\r\nhello\r\n0\r\n\r\n"
 
 
 # -- BaseProtocol, StreamWriter and prepare()'s private reads of the request ---------------------
