@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -245,6 +245,24 @@ async def test_http10_expect_gets_no_interim_response() -> None:
 
 # -- StreamResponse._send_headers_immediately and the writer's held head ------------------------
 
+async def chunked_answers(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                          requests: int) -> list[tuple[bytes, bytes]]:
+    """``requests`` GETs pipelined on one connection to an app serving ``handler``: each answer's
+    head and its chunked body, read to the last chunk."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    answers = []
+    async with running_app(app) as url:
+        reader, writer = await send_raw(url.rstrip("/"), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * requests)
+        try:
+            for _ in range(requests):
+                head = await read_head(reader)
+                answers.append((head, await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)))
+        finally:
+            writer.close()
+    return answers
+
+
 async def test_a_held_head_is_taken_once_and_leaves_with_the_first_body_bytes_in_one_write() -> None:
     taken: list[bytes] = []
 
@@ -258,15 +276,7 @@ async def test_a_held_head_is_taken_once_and_leaves_with_the_first_body_bytes_in
         await response.write_eof()  # the last chunk only: the head is marked as sent
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    async with running_app(app) as url:
-        reader, writer = await send_raw(url.rstrip("/"), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        try:
-            head = await read_head(reader)
-            rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)
-        finally:
-            writer.close()
+    [(head, rest)] = await chunked_answers(handler, 1)
     assert taken[0].startswith(b"HTTP/1.1 200 OK\r\n") and taken[0].endswith(b"\r\n\r\n")
     assert taken[1] == b""  # taken once
     assert b"transfer-encoding: chunked" in head.lower()
@@ -286,19 +296,9 @@ async def test_a_response_marked_ended_writes_nothing_more_at_its_eof() -> None:
         state.append(response.prepared)
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    async with running_app(app) as url:
-        reader, writer = await send_raw(url.rstrip("/"), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-                                                          b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        try:
-            first = await read_head(reader)
-            body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)
-            second = await read_head(reader)  # the connection stayed usable: no stray bytes before this head
-        finally:
-            writer.close()
-    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
-    assert body == b"5\r\nhello\r\n0\r\n\r\n"
+    answers = await chunked_answers(handler, 2)  # two on one connection: no stray bytes before the second
+    assert [head[:12] for head, _ in answers] == [b"HTTP/1.1 200"] * 2
+    assert [body for _, body in answers] == [b"5\r\nhello\r\n0\r\n\r\n"] * 2
     assert state == [True, True]
 
 
@@ -319,15 +319,7 @@ async def test_a_held_head_is_prepared_without_awaiting_from_a_callback() -> Non
         mark_ended(response)
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    async with running_app(app) as url:
-        reader, writer = await send_raw(url.rstrip("/"), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        try:
-            head = await read_head(reader)
-            body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT)
-        finally:
-            writer.close()
+    [(head, body)] = await chunked_answers(handler, 1)
     assert heads == [head] and head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"transfer-encoding: chunked" in head.lower() and b"content-type: text/event-stream" in head.lower()
     assert body == b"5\r\nhello\r\n0\r\n\r\n"
