@@ -159,29 +159,23 @@ class H1Connection(asyncio.Protocol):
                 return
             self._parse_failed()
             return
-        arrived = self._arrived
-        if arrived is not None:  # a head came in this read: its body bytes of this read wait in _early
-            self._arrived = None
-            on_head, self._on_head = self._on_head, None
-            assert on_head is not None
-            try:
+        try:
+            arrived = self._arrived
+            if arrived is not None:  # a head came in this read: its body bytes of this read wait in _early
+                self._arrived = None
+                on_head, self._on_head = self._on_head, None
+                assert on_head is not None
                 on_head(arrived)  # may attach a sink, which takes those bytes with the head
-            except Exception:
-                log.exception("internal error while starting the response to an upstream head")
-                self._fail(UpstreamError("the proxy failed while starting the response"))
-                return
-        batch = self._batch
-        if batch:  # the body pieces parsed from this read, to the sink in one call: a read that holds several
-            sink = self._sink  # chunks (events that came close together) becomes one write to the client
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            batch.clear()
-            if sink is None:
-                return
-            try:
-                sink.body(data)
-            except Exception:  # the proxy's own failure (a hook's): logged as such, this exchange ends
-                log.exception("internal error while relaying an upstream body")
-                self._fail(UpstreamError("the proxy failed while relaying the upstream's body"))
+            batch = self._batch
+            if batch:  # the body pieces parsed from this read, to the sink in one call: a read that holds
+                sink = self._sink  # several chunks (events that came close together) is one client write
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                batch.clear()
+                if sink is not None:
+                    sink.body(data)
+        except Exception:  # the proxy's own failure (a hook's): logged as such, this exchange ends
+            log.exception("internal error while relaying an upstream body")
+            self._fail(UpstreamError("the proxy failed while relaying the upstream's body"))
 
     def _parse_failed(self) -> None:
         """Map what stopped the parser (re-raised here) to the error the client is told of."""
