@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -26,6 +26,7 @@ from .requestid import HEADER as REQUEST_ID
 from .requestid import request_id
 from .routing import Target
 from .runtime import RouteRuntime, Runtime, Snapshot
+from .tally import Tally
 
 if TYPE_CHECKING:
     from .plan import StreamPlan
@@ -54,6 +55,8 @@ class Exchange:
     target: Target | None = None
     route: RouteRuntime | None = None
     hooks: tuple[Hook, ...] = ()
+    writers: list[Hook] = field(default_factory=list)  # the hooks told of each write (hooks.py)
+    tally: Tally = field(default_factory=Tally)        # what the client was written, counted by the relay
     body_sent: bool = True             # False while a request body is still being sent upstream
     lease: Lease | None = None         # the route's concurrent-stream slot, held until the stream ends
     request_id: str = ""               # the client's X-Request-Id or a new one (requestid.py)
@@ -77,10 +80,11 @@ class Exchange:
         """Let every feature that applies to this exchange (process-wide and the route's) hook it."""
         route, target = self.matched, self.target
         assert target is not None
-        factories = (runtime.metrics, *runtime.hooks, *route.hooks)  # metrics: events and bytes as they pass
+        factories = (runtime.metrics, *runtime.hooks, *route.hooks)  # metrics: the stream's tally as it runs
         info = ExchangeInfo(id=self.id, route=route.label, method=self.request.method, path=target.path,
                             query=target.query, client=self.request.remote, headers=self.request.headers,
-                            started=self.record.started, request_id=self.request_id)
+                            started=self.record.started, request_id=self.request_id, tally=self.tally,
+                            writers=self.writers)
         self.hooks = open_hooks(factories, info)
 
     def outbound_headers(self) -> CIMultiDict[str]:

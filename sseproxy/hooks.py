@@ -3,19 +3,24 @@
 A feature never adds a branch to the relay loop. It gives a ``HookFactory``; for each exchange the
 factory may open a ``Hook`` (or return ``None`` to stay out of it), and the relay calls the hooks it
 holds as the exchange goes: the request body as it streams upstream, the response head as sent to
-the client, every piece of body written to the client with the time it left, and the end. A
-request whose factories all return ``None`` pays one empty-tuple check per write.
+the client, every piece of body written to the client with the time it left, and the end.
+
+Only the exchange's ``writers`` are told of each write: the hooks that must see the bytes. A hook
+that only counts (``sees_writes = False``: the metrics, the inspector with no page open) reads the
+exchange's ``Tally`` instead, which the relay keeps as it writes. A request with no writers pays
+one empty-list check per write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .framing import StreamKind
+from .tally import Tally
 
 if TYPE_CHECKING:
     from .accesslog import RequestRecord
@@ -35,6 +40,10 @@ class ExchangeInfo:
     headers: CIMultiDictProxy[str]           # the request headers as the client sent them
     started: float                           # loop.time() when the request arrived
     request_id: str = ""                     # X-Request-Id: the client's, or one the proxy made
+    tally: Tally = field(default_factory=Tally)  # what the client was written, counted as it goes
+    # the hooks told of each write; a hook may join or leave while the exchange runs (the inspector's
+    # views do as pages open and close)
+    writers: list[Hook] = field(default_factory=list)
 
 
 class Hook(Protocol):
@@ -61,17 +70,20 @@ class HookFactory(Protocol):
         """A hook for this exchange, or ``None`` when the feature does not apply to it."""
 
 
-def split_upstream(hooks: tuple[Hook, ...]) -> tuple[tuple[Hook, ...], tuple[Hook, ...]]:
-    """The hooks that meter what the upstream sent (usage: a class with ``meters_upstream = True``)
-    and the others, which see what a client was written. On a resumable stream the two differ:
-    several clients may follow it, and a resume replays what was sent before; the meters are fed
-    each event of the upstream once, by the stream's producer, whichever clients follow."""
-    meters: list[Hook] = []
-    others: list[Hook] = []
-    for hook in hooks:
-        (meters if getattr(hook, "meters_upstream", False) is True else others).append(hook)
-    return tuple(meters), tuple(others)
+def split_upstream(writers: list[Hook]) -> tuple[Hook, ...]:
+    """Take the writers that meter what the upstream sent (usage: a class with ``meters_upstream =
+    True``) out of ``writers``, which keeps those that see what a client was written. On a resumable
+    stream the two differ: several clients may follow it, and a resume replays what was sent before;
+    the meters are fed each event of the upstream once, by the stream's producer, whichever clients
+    follow."""
+    meters = tuple([hook for hook in writers if getattr(hook, "meters_upstream", False) is True])
+    writers[:] = [hook for hook in writers if hook not in meters]
+    return meters
 
 
 def open_hooks(factories: Sequence[HookFactory], info: ExchangeInfo) -> tuple[Hook, ...]:
-    return tuple([h for f in factories if (h := f.open(info)) is not None])  # a list first: no generator
+    """The exchange's hooks; those that see writes (all but the ones that say ``sees_writes = False``)
+    become ``info.writers`` too."""
+    hooks = tuple([h for f in factories if (h := f.open(info)) is not None])  # a list first: no generator
+    info.writers[:] = [h for h in hooks if getattr(h, "sees_writes", True)]
+    return hooks

@@ -2,8 +2,9 @@
 starts, events and ends for the inspector page (``inspector_http.py`` serves it).
 
 It is a hook factory like ``--tap``, always in ``Runtime.hooks``. With no inspector page open, a
-relayed write costs a counter update (bytes, the time, whole frames counted the way the framer
-counts them) and nothing is built. With pages open, each event becomes a preview (name, size, data
+relayed write costs it nothing: a stream's counts (bytes, events, when the first and last left) are
+read from the tally the relay keeps (``tally.py``) when the page asks. While a page is open, every
+stream's view is one of its exchange's writers, and each event becomes a preview (name, size, data
 cut at 200 characters, redacted, control characters escaped), serialised once and offered to every
 subscriber's bounded queue: a full queue drops the item and counts it, so a slow tab never slows a
 relayed stream and never holds more than its queue's worth of memory. The page is told how many it
@@ -96,10 +97,6 @@ class StreamView:
     wall: float                            # time.time() minus loop.time() when it opened
     kind: StreamKind | None = None
     status: int | None = None
-    events: int = 0
-    nbytes: int = 0
-    first_event_at: float | None = None   # loop time
-    last_event_at: float | None = None
     ended_at: float | None = None
     outcome: str | None = None
     error_type: str | None = None
@@ -111,16 +108,39 @@ class StreamView:
         self.status, self.kind = status, kind
         self.inspector.headed(self)
 
+    @property
+    def sees_writes(self) -> bool:
+        """A writer only while a page is open (``Inspector.subscribe`` makes the views of streams
+        already running writers too)."""
+        return bool(self.inspector.subscribers)
+
+    @property
+    def events(self) -> int:
+        return self.info.tally.events
+
+    @property
+    def nbytes(self) -> int:
+        return self.info.tally.bytes
+
+    @property
+    def first_event_at(self) -> float | None:  # loop time
+        return self.info.tally.first_event_at
+
+    @property
+    def last_event_at(self) -> float | None:
+        return self.info.tally.last_event_at
+
+    def watch(self, on: bool) -> None:
+        """Join (or leave) the exchange's writers, as pages open and close."""
+        writers = self.info.writers
+        if on and self not in writers:
+            writers.append(self)
+        elif not on and self in writers:
+            writers.remove(self)
+
     def data(self, chunk: bytes, at: float, frames: int) -> None:
-        # the per-write cost with no page open: this and nothing else
-        self.nbytes += len(chunk)
-        if frames:
-            if self.first_event_at is None:
-                self.first_event_at = at
-            self.last_event_at = at
-            self.events += frames
-            if self.inspector.subscribers:
-                self.inspector.frames(self, chunk, at, self.events - frames)
+        if frames and self.inspector.subscribers:  # the tally counted them already
+            self.inspector.frames(self, chunk, at, self.events - frames)
 
     def end(self, record: RequestRecord) -> None:
         self.inspector.ended_stream(self, record)
@@ -229,17 +249,27 @@ class Inspector:
             return None
         subscriber = Subscriber(self.queue)
         self.subscribers.append(subscriber)
+        if len(self.subscribers) == 1:
+            self._watch(True)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self.subscribers:
             self.subscribers.remove(subscriber)
+            if not self.subscribers:
+                self._watch(False)
 
     def close(self) -> None:
         """Shutdown: every feed ends cleanly, and no new one opens."""
         self.closed = True
         for subscriber in self.subscribers:
             subscriber.close()
+
+    def _watch(self, on: bool) -> None:
+        """The first page opened (or the last closed): the streams in flight start (or stop) showing
+        the inspector their writes."""
+        for view in self.active.values():
+            view.watch(on)
 
     def _publish(self, kind: str, payload: dict[str, Any]) -> None:
         item = feed_item(kind, payload)  # serialised once, whatever the number of subscribers

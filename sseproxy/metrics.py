@@ -1,10 +1,11 @@
 """Prometheus metrics on a registry the app owns (never the global default one).
 
 Most series are recorded once per request, when it ends, from its ``RequestRecord``. Events and bytes
-relayed, and the gaps between events, move while a stream runs: a ``StreamMeter`` hook adds them up in
-plain integers as frames pass and hands them on at most once a second (and at the end), so a
-dashboard sees a long stream progress while the per-event cost stays a few additions. The
-active-streams gauge moves when a stream starts and ends.
+relayed, and the gaps between events, move while a stream runs: the relay counts them in the
+stream's ``Tally`` as it writes, and one sweep a second (not a timer per stream) hands what the
+streams in flight counted on, as does a scrape and each stream's end; so a dashboard sees a long
+stream progress while the metrics cost nothing per event. The active-streams gauge moves when a
+stream starts and ends.
 
 What is handed on waits in ``Pending``, plain numbers per series, until a scrape (or a second has
 passed): prometheus-client takes a lock and makes several calls per increment, about a dozen of them
@@ -17,6 +18,7 @@ the start, at 0, so no panel says "no data"; no ``_created`` series are exposed;
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections.abc import Iterable, Iterator
@@ -32,16 +34,16 @@ from .accesslog import RequestRecord
 from .errors import Outcome
 from .framing import StreamKind
 from .hooks import ExchangeInfo
+from .tally import GAP_BUCKETS
 
 UPSTREAM_FAILURES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.TIMEOUT})
 UPSTREAM_ERROR_TYPES = ("upstream_unavailable", "upstream_timeout", "upstream_error")  # series made up front
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-FLUSH_EVERY = 1.0  # seconds: how stale a running stream's counters may be on a scrape
+FLUSH_EVERY = 1.0  # seconds: how stale a running stream's counters may be (with --workers, on a scrape)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_NONE = StreamKind.NONE  # for the per-event check (an Enum member lookup on the class is slower)
+_NONE = StreamKind.NONE
 
 
 class _WithoutCreated(Collector):
@@ -131,77 +133,53 @@ class RouteSeries:
 
 
 class StreamMeter:
-    """One exchange's running counts: added up per write, flushed at most once a second and at the
-    end. At the end, whatever the record holds beyond what was flushed (heartbeats, the proxy's error
-    event, a WebSocket's frames) is added, so the totals equal the access log's, never counted twice."""
+    """One exchange's running counts, read from its ``Tally`` (the relay keeps it as it writes): by the
+    metrics' one sweep over the streams in flight once a second, by a scrape, and at the end. At the
+    end, whatever the record holds beyond what was flushed (heartbeats, the proxy's error event, a
+    WebSocket's frames) is added, so the totals equal the access log's, never counted twice."""
 
-    __slots__ = (  # one per stream in flight: no instance dict
-        "_bytes",
-        "_events",
-        "_flushed_at",
-        "_flushed_bytes",
-        "_flushed_events",
-        "_gap_total",
-        "_gaps",
-        "_kind",
-        "_last_at",
-        "_metrics",
-        "_series",
-    )
+    sees_writes = False  # it reads the tally: never called per write
 
-    def __init__(self, metrics: Metrics, route: str):
+    __slots__ = ("_flushed_bytes", "_flushed_events", "_metrics", "_series", "_stream", "_tally")
+
+    def __init__(self, metrics: Metrics, info: ExchangeInfo):
         self._metrics = metrics
-        self._series = metrics.series(route)
-        self._kind = StreamKind.NONE
-        self._events = self._bytes = 0                   # not yet flushed
+        self._series = metrics.series(info.route)
+        self._tally = info.tally
+        self._stream = False  # an event, line or raw stream: its gaps are observed
         self._flushed_events = self._flushed_bytes = 0
-        self._gaps = [0] * (len(GAP_BUCKETS) + 1)        # not yet flushed, one count per bucket
-        self._gap_total = 0.0
-        self._last_at: float | None = None
-        self._flushed_at: float | None = None
 
     def request_body(self, chunk: bytes) -> None:
         pass
 
     def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
-        self._kind = kind
+        self._stream = kind is not _NONE
 
     def data(self, chunk: bytes, at: float, frames: int) -> None:
-        self._bytes += len(chunk)
-        if self._kind is _NONE:
-            return
-        self._events += frames
-        last, self._last_at = self._last_at, at
-        if last is None:
-            self._flushed_at = at
-            return
-        gap = at - last
-        self._gaps[bisect.bisect_left(GAP_BUCKETS, gap)] += 1
-        self._gap_total += gap
-        if self._flushed_at is not None and at - self._flushed_at >= FLUSH_EVERY:
-            self._flush(at)
+        pass  # not a writer (``sees_writes``)
 
-    def _flush(self, at: float | None) -> None:
+    def flush(self) -> None:
+        """What the tally counted since the last flush, to the metrics."""
+        tally = self._tally
+        self._add(tally.events, tally.bytes)
+
+    def _add(self, events: int, nbytes: int) -> None:
         m, series = self._metrics, self._series
-        if self._events:
-            m.add(series.events, self._events)
-            self._flushed_events += self._events
-            self._events = 0
-        if self._bytes:
-            m.add(series.bytes, self._bytes)
-            self._flushed_bytes += self._bytes
-            self._bytes = 0
-        if any(self._gaps):
-            m.observe_many(series.gaps, GAP_BUCKETS, self._gaps, self._gap_total)
-            self._gaps = [0] * len(self._gaps)
-            self._gap_total = 0.0
-        self._flushed_at = at
+        if events > self._flushed_events:
+            m.add(series.events, events - self._flushed_events)
+            self._flushed_events = events
+        if nbytes > self._flushed_bytes:
+            m.add(series.bytes, nbytes - self._flushed_bytes)
+            self._flushed_bytes = nbytes
+        if self._stream:
+            gaps = self._tally.take_gaps()
+            if gaps is not None:
+                m.observe_many(series.gaps, GAP_BUCKETS, *gaps)
 
     def end(self, record: RequestRecord) -> None:
-        self._events = max(0, record.events - self._flushed_events)
-        self._bytes = max(0, record.bytes - self._flushed_bytes)
-        self._flush(None)
-        if self._kind is not StreamKind.NONE and record.total is not None:
+        self._metrics.live.discard(self)
+        self._add(record.events, record.bytes)
+        if self._stream and record.total is not None:
             self._metrics.observe_value(self._series.duration, DURATION_BUCKETS, record.total)
 
 
@@ -215,6 +193,8 @@ class Metrics:
         self._pending = Pending() if multiprocess_dir is None else None  # with workers: at once, for all
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # bounded by routes x statuses x outcomes
         self._series: dict[str, RouteSeries] = {}
+        self.live: set[StreamMeter] = set()  # the streams in flight, for the sweep and a scrape
+        self._sweep: asyncio.TimerHandle | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sseproxy_requests", "Requests by route, method, status and outcome",
@@ -302,11 +282,34 @@ class Metrics:
             self._pending.observe(child, bounds, counts, total)
 
     def flush(self) -> None:
+        for meter in self.live:
+            meter.flush()
         if self._pending is not None:
             self._pending.flush()
 
     def open(self, info: ExchangeInfo) -> StreamMeter:
-        return StreamMeter(self, info.route)
+        meter = StreamMeter(self, info)
+        self.live.add(meter)
+        if self._sweep is None:
+            self._arm()
+        return meter
+
+    def _arm(self) -> None:
+        """One timer for every stream in flight (never one per stream): their counts, once a second."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a meter opened outside a loop (a test's): counted at its end and on scrapes
+            return
+        self._sweep = loop.call_later(FLUSH_EVERY, self._swept)
+
+    def _swept(self) -> None:
+        self._sweep = None
+        for meter in self.live:
+            meter.flush()
+        if self._pending is not None and time.monotonic() - self._pending.flushed_at >= FLUSH_EVERY:
+            self._pending.flush()
+        if self.live:
+            self._arm()
 
     def observe(self, record: RequestRecord) -> None:
         """The request's end. Events and bytes are not here: its ``StreamMeter`` counted them."""

@@ -172,22 +172,24 @@ class CallbackRelay(RelayState):
             self._relay_pending()
             return
         framer = self.framer
+        frames = 0
         if framer is None:
             out = data
         else:
             out = framer.feed(data)
             if not out:
                 return
-            if self.first_event_at is None and framer.frames:
-                self.first_event_at = now
-        self._write(out, now)
-        hooks = self._hooks
-        if hooks:  # RelayState._tell_hooks, in line: one call fewer on the path every event takes
-            frames = 0
-            if framer is not None:
-                frames, self._reported = framer.frames - self._reported, framer.frames
-            for hook in hooks:
-                hook.data(out, now, frames)
+            frames, self._reported = framer.frames - self._reported, framer.frames
+        transport = self._transport
+        if self._head or self._held is not None or transport is None or transport.is_closing():
+            self._write(out, now)  # the first write, the last ones, or to a client gone
+        else:  # _write, in line: the path of every event once the stream runs
+            policy.last_write = now
+            self.bytes += len(out)
+            transport.write(b"%x\r\n%b\r\n" % (len(out), out) if self._chunked else out)
+        self._tally.wrote(len(out), now, frames)  # RelayState._tell, in line: one call fewer per event
+        for hook in self._hooks:
+            hook.data(out, now, frames)
 
     def finished(self, error: BaseException | None, last: bytes = b"") -> None:
         if self._ended:
@@ -218,8 +220,7 @@ class CallbackRelay(RelayState):
         if rest:  # an incomplete last frame, passed on as the upstream ended it
             now = self._loop.time()
             self._write(rest, now)
-            if self._hooks:
-                self._tell_hooks(rest, now)
+            self._tell(rest, now)
         self._release(end=True)
         self._finish()
 

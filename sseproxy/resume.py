@@ -59,11 +59,11 @@ async def serve(exchange: Exchange, runtime: Runtime, upstream: h1.H1Response | 
     except StoreUnavailable:
         runtime.metrics.resume_store_errors.inc()
         return None
-    meters, watchers = split_upstream(exchange.hooks)
+    meters = split_upstream(exchange.writers)
     producer = Producer(runtime, exchange, store, sid, upstream, plan, settings, meters)
     producer.start()
     exchange.record.stream_id = producer.key[:12]
-    return await follow(exchange, runtime, store, sid, 0, head, producer, None, watchers)
+    return await follow(exchange, runtime, store, sid, 0, head, producer, None)
 
 
 async def resume_request(exchange: Exchange, runtime: Runtime) -> web.StreamResponse | None:
@@ -98,8 +98,8 @@ async def resume_request(exchange: Exchange, runtime: Runtime) -> web.StreamResp
         return web.Response(status=204, headers=headers)
     runtime.metrics.resumes.labels(label, "ok").inc()
     producer = runtime.resume_stores.producers.get(stream_key(sid))
-    _, watchers = split_upstream(exchange.hooks)  # usage is never fed a replay: the producer meters the upstream
-    return await follow(exchange, runtime, store, sid, after, info.head, producer, info.last, watchers)
+    split_upstream(exchange.writers)  # usage is never fed a replay: the producer meters the upstream
+    return await follow(exchange, runtime, store, sid, after, info.head, producer, info.last)
 
 
 def _token(exchange: Exchange, runtime: Runtime) -> str | None:

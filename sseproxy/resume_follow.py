@@ -18,7 +18,6 @@ from multidict import CIMultiDict
 from .errors import Outcome
 from .exchange import Exchange
 from .h1server import CLIENT_PROTOCOLS
-from .hooks import Hook
 from .relay_policy import HEARTBEAT
 from .requestid import HEADER as REQUEST_ID
 from .resume_producer import Producer
@@ -30,11 +29,10 @@ QUIET_WAIT = 30.0  # longest a follower waits on the store at once when heartbea
 
 
 async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, after: int, head: Head,
-                 producer: Attachable | None, replay_until: int | None, hooks: tuple[Hook, ...]
-                 ) -> web.StreamResponse:
+                 producer: Attachable | None, replay_until: int | None) -> web.StreamResponse:
     """One client reading the stream from ``after``: stored events, then live ones, then its end.
-    Events up to ``replay_until`` count as replayed (a resume's catching up). ``hooks`` see what
-    this client is written (not usage: the producer meters that, once)."""
+    Events up to ``replay_until`` count as replayed (a resume's catching up). The exchange's tally
+    and writers see what this client is written (not usage: the producer meters that, once)."""
     route, record, metrics = exchange.matched, exchange.record, runtime.metrics
     headers: CIMultiDict[str] = CIMultiDict(head.headers)
     headers[HEADER] = sid
@@ -48,7 +46,7 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
         producer.attach()
     active = metrics.child(metrics.active_streams, route.label)
     metrics.add(active)
-    follower = Follower(exchange, runtime, response, store, sid, after, replay_until, hooks)
+    follower = Follower(exchange, runtime, response, store, sid, after, replay_until)
     try:
         if producer is None:  # produced by another replica (or ended): a client here keeps it attached there
             async with store.following(sid):
@@ -61,9 +59,10 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
         metrics.add(active, -1)
         if producer is not None:
             producer.detach()
-        record.bytes, record.events = follower.bytes, follower.events
-        if follower.first_write is not None:
-            record.ttfe = follower.first_write - record.started
+        tally = exchange.tally
+        record.bytes, record.events = tally.bytes, tally.events
+        if tally.first_event_at is not None:
+            record.ttfe = tally.first_event_at - record.started
         if follower.replayed:
             metrics.add(metrics.child(metrics.resume_replayed, route.label), follower.replayed)
     return response
@@ -72,12 +71,11 @@ async def follow(exchange: Exchange, runtime: Runtime, store: Store, sid: str, a
 class Follower:
     """One client's position in a stream, and its way of writing."""
 
-    __slots__ = ("_chunked", "_hooks", "_protocol", "_transport", "_woken", "after", "bytes", "events", "exchange",
-                 "first_write", "key", "last_write", "loop", "replay_until", "replayed", "response", "runtime", "sid",
-                 "store")
+    __slots__ = ("_chunked", "_protocol", "_tally", "_transport", "_woken", "_writers", "after", "exchange", "key",
+                 "last_write", "loop", "replay_until", "replayed", "response", "runtime", "sid", "store")
 
     def __init__(self, exchange: Exchange, runtime: Runtime, response: web.StreamResponse, store: Store, sid: str,
-                 after: int, replay_until: int | None, hooks: tuple[Hook, ...]):
+                 after: int, replay_until: int | None):
         self.exchange = exchange
         self.runtime = runtime
         self.response = response
@@ -87,11 +85,10 @@ class Follower:
         self.after = after
         self.replay_until = replay_until
         self.replayed = 0
-        self.bytes = self.events = 0          # written to the client: into the record at the end
-        self.first_write: float | None = None
         self.loop = exchange.loop
         self.last_write = self.loop.time()
-        self._hooks = hooks
+        self._tally = exchange.tally      # written to the client: into the record at the end
+        self._writers = exchange.writers  # the list itself: a hook may join while the stream runs
         protocol = exchange.request.protocol
         self._protocol = protocol if isinstance(protocol, CLIENT_PROTOCOLS) else None
         self._chunked = False
@@ -109,13 +106,10 @@ class Follower:
         return True
 
     def _sent(self, last: int, data: bytes, count: int, now: float) -> None:
-        if self.first_write is None:
-            self.first_write = now
         self.last_write = now
         self.after = last
-        self.bytes += len(data)
-        self.events += count
-        for hook in self._hooks:
+        self._tally.wrote(len(data), now, count)
+        for hook in self._writers:
             hook.data(data, now, count)
 
     # -- LiveFollower: the producer's pushes -----------------------------------------------------
@@ -126,13 +120,10 @@ class Follower:
             self.wake()  # behind or slow: read from the store
             return
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        if self.first_write is None:
-            self.first_write = now
         self.last_write = now
         self.after = last
-        self.bytes += len(data)
-        self.events += last - first + 1
-        for hook in self._hooks:
+        self._tally.wrote(len(data), now, last - first + 1)
+        for hook in self._writers:
             hook.data(data, now, last - first + 1)
 
     def wake(self) -> None:

@@ -46,8 +46,8 @@ class RelayState:
         "_plan",
         "_reported",
         "_response",
+        "_tally",
         "bytes",
-        "first_event_at",
         "framer",
         "heartbeats",
         "policy",
@@ -58,7 +58,8 @@ class RelayState:
         self._exchange = exchange
         self._response = response
         self._plan = plan
-        self._hooks = exchange.hooks
+        self._hooks = exchange.writers  # the list itself: a hook may join or leave while the stream runs
+        self._tally = exchange.tally
         self.framer = plan.framer()
         self._loop = exchange.loop
         now = self._loop.time()
@@ -66,16 +67,16 @@ class RelayState:
                                   idle=route.timeouts.idle, last_read=now, last_write=now)
         self._failure: ProxyError | None = None
         self.bytes = self.heartbeats = 0
-        self.first_event_at: float | None = None
-        self._reported = 0  # frames the hooks have been told of
+        self._reported = 0  # frames the tally has been told of
 
-    def _tell_hooks(self, data: bytes, at: float) -> None:
-        """The hooks see ``data`` as written, with the whole frames the framer completed since the
-        last time (an incomplete last frame, flushed at the end, is none)."""
+    def _tell(self, data: bytes, at: float) -> None:
+        """The tally and the writers see ``data`` as written, with the whole frames the framer
+        completed since the last time (an incomplete last frame, flushed at the end, is none)."""
         framer = self.framer
         frames = 0
         if framer is not None:
             frames, self._reported = framer.frames - self._reported, framer.frames
+        self._tally.wrote(len(data), at, frames)
         for hook in self._hooks:
             hook.data(data, at, frames)
 
@@ -94,23 +95,19 @@ class RelayState:
     def _fail(self, failure: ProxyError) -> None:
         raise NotImplementedError
 
-    def _framed(self, piece: bytes, now: float | None = None) -> bytes:
+    def _framed(self, piece: bytes) -> bytes:
         """The whole frames ``piece`` completes (all of it when the stream is not framed)."""
         framer = self.framer
-        if framer is None:
-            return piece
-        out = framer.feed(piece)
-        if out and self.first_event_at is None and framer.frames:
-            self.first_event_at = self._loop.time() if now is None else now
-        return out
+        return piece if framer is None else framer.feed(piece)
 
     def _fill_record(self) -> None:
         record = self._exchange.record
         record.bytes, record.events, record.heartbeats = self.bytes, self.events, self.heartbeats
         if self._failure is not None:
             record.error, record.error_type = self._failure.message, self._failure.type
-        if self.first_event_at is not None:
-            record.ttfe = self.first_event_at - record.started
+        first_event_at = self._tally.first_event_at
+        if first_event_at is not None:
+            record.ttfe = first_event_at - record.started
 
 
 class Relay(RelayState):
@@ -221,10 +218,9 @@ class Relay(RelayState):
             await self._send(out)
 
     async def _send(self, data: bytes) -> None:
-        """Body data from the upstream: written, then shown to the hooks."""
+        """Body data from the upstream: written, then counted and shown to the writers."""
         await self._write(data)
-        if self._hooks:
-            self._tell_hooks(data, self.policy.last_write)
+        self._tell(data, self.policy.last_write)
 
     async def _write(self, data: bytes) -> None:
         self.policy.wrote(self._loop.time())

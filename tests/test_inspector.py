@@ -17,8 +17,8 @@ from inspector_helpers import Feed, gated_paths_app, stream_client
 from upstreams import echo_app
 
 from sseproxy.framing import StreamKind, count_frames, parse_event
-from sseproxy.hooks import ExchangeInfo
-from sseproxy.inspector import Inspector
+from sseproxy.hooks import ExchangeInfo, open_hooks
+from sseproxy.inspector import Inspector, StreamView
 
 KEY = "sk-inspector-test-0123456789abcdef"
 
@@ -144,8 +144,10 @@ async def test_the_feed_ends_cleanly_at_shutdown() -> None:
         assert listener.runtime.inspector.subscribe() is None
 
 
-def test_with_no_page_open_an_event_costs_a_counter_update() -> None:
-    """No subscriber: data() counts and builds nothing (no preview, no JSON)."""
+def test_with_no_page_open_a_view_is_told_of_no_write() -> None:
+    """No page open: a stream's view is not among its exchange's writers (a write costs it nothing)
+    and shows the counts of the tally the relay keeps; the first page to open makes the views of
+    streams already running writers, and the last to close stops it."""
     inspector = Inspector()
     published: list[str] = []
     inspector._publish = lambda kind, payload: published.append(kind)  # type: ignore[method-assign]
@@ -154,13 +156,23 @@ def test_with_no_page_open_an_event_costs_a_counter_update() -> None:
         info = ExchangeInfo(id=1, route="r", method="GET", path="/p", query="", client="127.0.0.1",
                             headers=None,  # type: ignore[arg-type]
                             started=asyncio.get_running_loop().time())
-        hook = inspector.open(info)
+        hook = open_hooks([inspector], info)[0]
+        assert isinstance(hook, StreamView)
+        assert info.writers == []
         hook.response(200, None, StreamKind.SSE)  # type: ignore[arg-type]
-        hook.data(b"data: a\n\ndata: b\r\n\r\n", 1.0, 2)
-        assert (hook.events, hook.nbytes, hook.first_event_at) == (2, 20, 1.0)
+        info.tally.wrote(20, 1.0, 2)  # as the relay counts "data: a\n\ndata: b\r\n\r\n"
+        info.tally.wrote(9, 1.5, 1)
+        assert (hook.events, hook.nbytes, hook.first_event_at, hook.last_event_at) == (3, 29, 1.0, 1.5)
+        assert published == []
+        page = inspector.subscribe()
+        assert page is not None and info.writers == [hook]
+        info.tally.wrote(9, 2.0, 1)
+        hook.data(b"data: c\n\n", 2.0, 1)
+        assert published == ["frame"]
+        inspector.unsubscribe(page)
+        assert info.writers == []
 
     asyncio.run(run())
-    assert published == []
 
 
 def test_frames_are_counted_as_the_framer_counts_them() -> None:

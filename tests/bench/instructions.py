@@ -16,6 +16,8 @@ streams and dumped after them. Every target serves the same shapes against the s
 - ``events``: 2 streams of 400 events 5 ms apart, one at a time: what one event costs alone.
 
 ``--compare PATH`` adds sseproxy as checked out at PATH (``git worktree add``), to compare two commits.
+``--keep DIR`` keeps callgrind's dumps there, for ``callgrind_annotate`` (which C functions the
+instructions ran in: the interpreter, httptools, uvloop, the regex engine).
 Needs ``valgrind`` (Debian's package); all traffic is on 127.0.0.1; only processes it started are ended.
 """
 
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--targets", default="floor,sseproxy")
     parser.add_argument("--compare", type=Path, help="another checkout of sseproxy, measured as 'compare'")
     parser.add_argument("--shape", default=",".join(SHAPES))
+    parser.add_argument("--keep", type=Path, help="keep callgrind's dumps in this directory")
     args = parser.parse_args()
     targets = [(t, ROOT) for t in args.targets.split(",")]
     if args.compare is not None:
@@ -123,7 +126,11 @@ def main() -> None:
     counts: dict[tuple[str, str], int] = {}
     try:
         wait_listening(origin_port)
-        with tempfile.TemporaryDirectory(prefix="sseproxy-callgrind-") as tmp:
+        with contextlib.ExitStack() as stack:
+            tmp = str(args.keep) if args.keep else stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="sseproxy-callgrind-"))
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
             for shape in shapes:
                 for name, root in targets:
                     port = free_port()
