@@ -264,6 +264,12 @@ async def test_two_workers_both_serve_one_port_and_metrics_count_both() -> None:
         stream = await raw_request(url, "GET", "/live", {})
         gate.release(b"data: 1\n\n")
         assert await stream.next_chunk() == b"data: 1\n\n"
+        for _ in range(100):  # bounded: the relaying worker hands its count on at its sweep, or at a scrape
+            text = await scrape(url)  # answered by either worker
+            if metric(text, "sseproxy_events_relayed_total", route="/") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert metric(text, "sseproxy_events_relayed_total", route="/") == 1  # the stream is still open
         proc.send_signal(signal.SIGTERM)  # forwarded to both workers; the live stream may finish
         gate.release(None)
         assert await stream.next_chunk() is None
