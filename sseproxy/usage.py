@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from multidict import CIMultiDict
 
     from .accesslog import RequestRecord
-    from .hooks import ExchangeInfo
+    from .hooks import ExchangeInfo, Hook
 
 LOOK_AT = 64 * 1024  # request-body bytes searched for a model name (an LLM call names it near the start)
 MARKER = b"_tokens"  # in every usage object the meter reads; checked before any parse
@@ -113,10 +113,11 @@ class UsageMeter:
 class UsageHook:
     """One exchange's meter: reads event streams only, and puts the counts in the record at the end."""
 
-    __slots__ = ("_looked", "_named_model", "_sse", "meter", "reported")  # one per stream in flight: no dict
+    __slots__ = ("_looked", "_named_model", "_sse", "_writers", "meter", "reported")  # one per stream: no dict
     meters_upstream = True  # on a resumable stream, fed the upstream's events by its producer (hooks.py)
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, writers: list[Hook]) -> None:
+        self._writers = writers
         self.meter = UsageMeter()
         self.reported: tuple[int, int] | None = None  # what ``end`` put in the record (None: not ended)
         self._sse = False
@@ -130,6 +131,8 @@ class UsageHook:
 
     def response(self, status: int, headers: CIMultiDict[str], kind: StreamKind) -> None:
         self._sse = kind is StreamKind.SSE
+        if not self._sse and self in self._writers:
+            self._writers.remove(self)  # nothing to read: not told of the writes
 
     def data(self, chunk: bytes, at: float, frames: int) -> None:
         if self._sse and has_marker(chunk):  # the meter's own first test, without a call per event
@@ -158,4 +161,4 @@ class UsageHooks:
     """The ``HookFactory``: a meter for every exchange (one that is not an event stream costs a flag check)."""
 
     def open(self, info: ExchangeInfo) -> UsageHook:
-        return UsageHook(info.method)
+        return UsageHook(info.method, info.writers)

@@ -264,11 +264,14 @@ def _info() -> ExchangeInfo:
                                           (StreamKind.RAW, False), (StreamKind.NONE, False)])
 def test_the_hook_meters_event_streams_into_the_record(kind: StreamKind, counted: bool) -> None:
     factory: HookFactory = UsageHooks()
-    hooks = open_hooks([factory], _info())
+    info = _info()
+    hooks = open_hooks([factory], info)
     assert len(hooks) == 1 and isinstance(hooks[0], UsageHook)
     hook: Hook = hooks[0]
     hook.request_body(b'{"stream": true}')
+    assert info.writers == [hook]
     hook.response(200, CIMultiDict({"Content-Type": "text/event-stream"}), kind)
+    assert info.writers == ([hook] if counted else [])  # a stream it cannot read: not told of the writes
     for event in events_of(ANTHROPIC):
         hook.data(event, 1.0, 1)
     record = RequestRecord(method="POST", path="/v1/messages", started=0.0)
