@@ -159,9 +159,10 @@ class StreamMeter:
         pass  # not a writer (``sees_writes``)
 
     def flush(self) -> None:
-        """What the tally counted since the last flush, to the metrics."""
+        """What the tally counted since the last flush, to the metrics (an idle stream: nothing)."""
         tally = self._tally
-        self._add(tally.events, tally.bytes)
+        if tally.bytes != self._flushed_bytes:  # every write adds bytes: no new bytes, no new events or gaps
+            self._add(tally.events, tally.bytes)
 
     def _add(self, events: int, nbytes: int) -> None:
         m, series = self._metrics, self._series

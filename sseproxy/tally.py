@@ -18,7 +18,8 @@ GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 class Tally:
     """Body bytes written to the client (heartbeats and the proxy's error event are not), the whole
     frames they held, when the first and last of those left, and the gaps between writes, bucketed
-    as ``GAP_BUCKETS`` (not cumulative; the metrics take them, ``take_gaps``)."""
+    as ``GAP_BUCKETS`` (not cumulative; the metrics take them, ``take_gaps``). The buckets are made
+    at the second write: an idle stream, or a one-piece answer, holds none (memory per idle stream)."""
 
     __slots__ = ("bytes", "events", "first_event_at", "gap_total", "gaps", "last_event_at", "last_write_at")
 
@@ -28,7 +29,7 @@ class Tally:
         self.first_event_at: float | None = None  # loop time
         self.last_event_at: float | None = None
         self.last_write_at: float | None = None
-        self.gaps = [0] * (len(GAP_BUCKETS) + 1)
+        self.gaps: list[int] | None = None
         self.gap_total = 0.0
 
     def wrote(self, size: int, at: float, frames: int) -> None:
@@ -41,14 +42,15 @@ class Tally:
                 self.first_event_at = at
         last, self.last_write_at = self.last_write_at, at
         if last is not None:
+            gaps = self.gaps
+            if gaps is None:
+                gaps = self.gaps = [0] * (len(GAP_BUCKETS) + 1)
             gap = at - last
-            self.gaps[bisect_left(GAP_BUCKETS, gap)] += 1  # a histogram's buckets: gap <= bound
+            gaps[bisect_left(GAP_BUCKETS, gap)] += 1  # a histogram's buckets: gap <= bound
             self.gap_total += gap
 
     def take_gaps(self) -> tuple[list[int], float] | None:
         """The gaps counted since the last take (``None`` if none), counted afresh from here."""
-        if not self.gap_total and not any(self.gaps):
-            return None
-        taken = (self.gaps, self.gap_total)
-        self.gaps, self.gap_total = [0] * (len(GAP_BUCKETS) + 1), 0.0
-        return taken
+        gaps, total = self.gaps, self.gap_total
+        self.gaps, self.gap_total = None, 0.0
+        return None if gaps is None else (gaps, total)
