@@ -7,9 +7,9 @@ streams in flight counted on, as does a scrape and each stream's end; so a dashb
 stream progress while the metrics cost nothing per event. The active-streams gauge moves when a
 stream starts and ends.
 
-What is handed on waits in ``Pending``, plain numbers per series, until a scrape (or a second has
-passed): prometheus-client takes a lock and makes several calls per increment, about a dozen of them
-per request, a tenth of the Python a stream costs to open. A scrape flushes first, so it is exact.
+What is handed on waits in ``Pending``, plain numbers per series, until a scrape (or the sweep, while
+streams run): prometheus-client takes a lock and makes several calls per increment, about a dozen of
+them per request, a tenth of the Python a stream costs to open. A scrape flushes first, so it is exact.
 With ``--workers`` every increment goes to the shared files at once, as another worker may answer
 the scrape. Every configured route has its series from
 the start, at 0, so no panel says "no data"; no ``_created`` series are exposed; admin requests
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -80,15 +79,11 @@ def _observe_many(child: Any, bounds: tuple[float, ...], counts: list[int], tota
 class Pending:
     """Increments and observations not yet handed to prometheus-client, per series child."""
 
-    __slots__ = ("flushed_at", "histograms", "increments")
+    __slots__ = ("histograms", "increments")
 
     def __init__(self) -> None:
-        self.increments: dict[Any, float] = {}
+        self.increments: dict[Any, float] = {}  # added to by ``Metrics.add``
         self.histograms: dict[Any, tuple[tuple[float, ...], list[int], list[float]]] = {}
-        self.flushed_at = time.monotonic()
-
-    def add(self, child: Any, amount: float) -> None:
-        self.increments[child] = self.increments.get(child, 0) + amount
 
     def observe(self, child: Any, bounds: tuple[float, ...], counts: list[int] | None, value: float) -> None:
         """One ``value``, or with ``counts`` many whose sum is ``value``."""
@@ -105,7 +100,6 @@ class Pending:
     def flush(self) -> None:
         increments, self.increments = self.increments, {}
         histograms, self.histograms = self.histograms, {}
-        self.flushed_at = time.monotonic()
         for child, amount in increments.items():
             if amount:
                 child.inc(amount)
@@ -261,13 +255,14 @@ class Metrics:
         return series
 
     def add(self, child: Any, amount: float = 1) -> None:
-        """``child.inc(amount)``, at the next flush (a gauge's ``amount`` may be negative)."""
-        if self._pending is None:
+        """``child.inc(amount)``, at the next flush (a gauge's ``amount`` may be negative): a dict
+        update, about a dozen times per request."""
+        pending = self._pending
+        if pending is None:
             child.inc(amount)
             return
-        self._pending.add(child, amount)
-        if time.monotonic() - self._pending.flushed_at >= FLUSH_EVERY:
-            self._pending.flush()
+        increments = pending.increments
+        increments[child] = increments.get(child, 0) + amount
 
     def observe_value(self, child: Any, bounds: tuple[float, ...], value: float) -> None:
         """``child.observe(value)`` on a histogram of ``bounds``, at the next flush."""
@@ -307,7 +302,7 @@ class Metrics:
         self._sweep = None
         for meter in self.live:
             meter.flush()
-        if self._pending is not None and time.monotonic() - self._pending.flushed_at >= FLUSH_EVERY:
+        if self._pending is not None:
             self._pending.flush()
         if self.live:
             self._arm()
